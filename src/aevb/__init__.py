@@ -1,0 +1,35 @@
+"""aevb — Auto-Encoding Variational Bayes: train, evaluate and use VAEs with PyTorch."""
+
+from .checkpoint import load_model as load
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import Dataset, DatasetInfo, load_dataset
+from .errors import AevbError, CheckpointError, ConfigError, DataError
+from .evaluate import evaluate_elbo
+from .models import VAE, build_model
+from .objectives import VAEOutput
+from .train import TrainResult, resume, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AevbError",
+    "CheckpointError",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "Dataset",
+    "DatasetInfo",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "TrainResult",
+    "VAE",
+    "VAEOutput",
+    "__version__",
+    "build_model",
+    "evaluate_elbo",
+    "load",
+    "load_dataset",
+    "resume",
+    "train",
+]

@@ -1,0 +1,262 @@
+"""Where a run is written and read back: the model artifact and the training state.
+
+A run directory holds
+
+* ``config.json`` — model, data and training configs (+ ``dataset_info``: shape, range,
+  transform), JSON;
+* ``model.safetensors`` — the weights of the unwrapped, uncompiled model;
+* ``training_state.safetensors`` — everything needed to continue bit-exactly: the
+  model's and optimizer's tensors, RNG states, and (in its JSON metadata) step, epoch,
+  param groups and early-stopping state;
+* ``metrics.jsonl`` and ``figures/``.
+
+Every file is written atomically: to a temporary file in the same directory, flushed
+and fsync'ed, then renamed over the target, so a crash leaves the old file or the new
+one, never half of one. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .config import RunConfig
+from .errors import AevbError, CheckpointError
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "training_state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+FIGURES_DIR = "figures"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --- config ---------------------------------------------------------------------------
+def save_config(run_dir: str | Path, config: RunConfig, dataset_info: dict[str, Any] | None = None) -> None:
+    from . import __version__
+
+    d: dict[str, Any] = {"aevb_version": __version__, **config.to_dict()}
+    if dataset_info is not None:
+        d["dataset_info"] = dataset_info
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(d, indent=2) + "\n")
+
+
+def read_config_dict(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist; train one with `aevb train --out {run_dir}`")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not an aevb run: {CONFIG_FILE} is missing")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt (not JSON: {e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} is corrupt (not a JSON object)")
+    return d
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    """The :class:`RunConfig` stored in ``run_dir/config.json``."""
+    d = read_config_dict(run_dir)
+    d = {k: v for k, v in d.items() if k != "dataset_info"}
+    try:
+        return RunConfig.from_dict(d)
+    except AevbError as e:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE} is invalid: {e}") from None
+
+
+def load_dataset_info(run_dir: str | Path) -> dict[str, Any]:
+    return read_config_dict(run_dir).get("dataset_info", {})
+
+
+# --- tensors --------------------------------------------------------------------------
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors bytes of CPU-contiguous copies, written atomically."""
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(cpu, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a clear error if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} is missing")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"weights file {path} is corrupt ({e}); retrain or restore it") from None
+    return tensors, header.get("__metadata__", {}) or {}
+
+
+def save_model(model: nn.Module, run_dir: str | Path) -> None:
+    """Write the model's weights to ``run_dir/model.safetensors`` (unwrap compiled/DDP first)."""
+    save_tensors(Path(run_dir) / MODEL_FILE, unwrap(model).state_dict(), {"format": "pt", "aevb": "model"})
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy ``state`` into ``model``; missing/unexpected keys and shape mismatches are errors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match the model in config.json: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]}"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model of a run from its config and restore its weights bit-exactly.
+
+    Example:
+        >>> model = aevb.load("runs/digits-20261122-101500")  # doctest: +SKIP
+    """
+    from .models import build_model
+
+    config = load_config(run_dir)
+    try:
+        model = build_model(config.model)
+    except AevbError as e:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE}: {e}") from None
+    tensors, _ = load_tensors(Path(run_dir) / MODEL_FILE)
+    load_state_strict(model, tensors, Path(run_dir) / MODEL_FILE)
+    return model.to(device).eval()
+
+
+# --- training state -------------------------------------------------------------------
+def save_training_state(
+    run_dir: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: dict[str, Any],
+) -> None:
+    """Write everything needed to continue training bit-exactly, as one atomic file."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in unwrap(model).state_dict().items():
+        tensors[f"model.{k}"] = v
+    opt = optimizer.state_dict()
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in opt["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                opt_scalars.setdefault(str(idx), {})[name] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta = {
+        "progress": progress,
+        "param_groups": opt["param_groups"],
+        "optim_scalars": opt_scalars,
+    }
+    save_tensors(Path(run_dir) / STATE_FILE, tensors, {"format": "pt", "aevb": json.dumps(meta)})
+
+
+def load_training_state(
+    run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states; return the saved progress dict."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: {STATE_FILE} is missing")
+    tensors, metadata = load_tensors(path)
+    try:
+        meta = json.loads(metadata["aevb"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is corrupt (no training metadata)") from None
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_state_strict(unwrap(model), model_state, path)
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, scalars in meta.get("optim_scalars", {}).items():
+        state.setdefault(int(idx), {}).update(scalars)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not match the model ({e})") from None
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    return meta["progress"]
+
+
+# --- metrics --------------------------------------------------------------------------
+def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to metrics.jsonl (one small write of a whole line)."""
+    with open(Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+    return out
+
+
+def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
+    """Drop metric records logged after the checkpoint being resumed (rewritten atomically)."""
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= max_step]
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))

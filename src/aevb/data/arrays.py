@@ -1,0 +1,102 @@
+"""User data as NumPy arrays: ``.npy`` (one array) or ``.npz`` (named arrays), never unpickled.
+
+Accepted layouts (N examples):
+  * ``N x D`` vectors -> shape ``(D,)``;
+  * ``N x H x W`` grayscale images -> ``(1, H, W)``;
+  * ``N x H x W x C`` images, channels last, C in {1, 3, 4} -> ``(C, H, W)``.
+Integer arrays (uint8 images) are scaled by 1/255; floats are kept as they are.
+An ``.npz`` holds either ``x`` (or a single array), with optional labels ``y``, split
+reproducibly; or ``train``/``valid``/``test`` arrays (and optional ``train_labels`` ...).
+The suggested likelihood is bernoulli when all values lie in [0, 1], gaussian otherwise.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..errors import DataError
+from .base import SPLITS, Dataset, DatasetInfo, check_finite, random_splits
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            return {"x": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise DataError(f"{path} holds Python objects; aevb never unpickles data: save a numeric array") from None
+        raise DataError(f"cannot read {path}: {e}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def to_examples(a: np.ndarray, name: str) -> tuple[torch.Tensor, dict]:
+    """An ``N x ...`` numeric array as float32 ``[N, *shape]`` plus the transform applied."""
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{name} has dtype {a.dtype}; aevb needs a numeric array")
+    if a.ndim < 2 or a.ndim > 4:
+        raise DataError(f"{name} has shape {a.shape}; expected N x D, N x H x W or N x H x W x C")
+    if len(a) == 0:
+        raise DataError(f"{name} is empty")
+    transform: dict = {}
+    if a.dtype.kind in "biu":
+        transform["scale"] = 1 / 255
+        x = torch.from_numpy(a.astype(np.float32) / 255.0)
+    else:
+        x = torch.from_numpy(a.astype(np.float32))
+    if a.ndim == 3:
+        x = x.unsqueeze(1)
+    elif a.ndim == 4:
+        if a.shape[-1] not in (1, 3, 4):
+            raise DataError(f"{name} has shape {a.shape}; 4-D arrays must be N x H x W x C with C in 1, 3, 4")
+        x = x.permute(0, 3, 1, 2).contiguous()
+        transform["channels_last"] = True
+    check_finite(x, name)
+    return x, transform
+
+
+def load_array_file(path: Path, config: DataConfig) -> Dataset:
+    arrays = _read(path)
+    if all(s in arrays for s in SPLITS):
+        parts = {s: to_examples(arrays[s], f"{path.name}[{s}]") for s in SPLITS}
+        splits = {s: p[0] for s, p in parts.items()}
+        transform = parts["train"][1]
+        labels = {s: torch.from_numpy(arrays[f"{s}_labels"].astype(np.int64))
+                  for s in SPLITS if f"{s}_labels" in arrays} or None
+        shapes = {tuple(x.shape[1:]) for x in splits.values()}
+        if len(shapes) > 1:
+            raise DataError(f"{path}: the splits have different example shapes {sorted(shapes)}")
+    else:
+        key = "x" if "x" in arrays else None
+        if key is None:
+            data_keys = [k for k in arrays if k not in ("y", "labels")]
+            if len(data_keys) != 1:
+                raise DataError(
+                    f"{path} holds arrays {sorted(arrays)}; name the data 'x' (labels 'y') "
+                    "or give 'train', 'valid' and 'test'"
+                )
+            key = data_keys[0]
+        x, transform = to_examples(arrays[key], path.name)
+        y_arr = arrays.get("y", arrays.get("labels"))
+        y = None
+        if y_arr is not None:
+            if len(y_arr) != len(x):
+                raise DataError(f"{path}: {len(y_arr)} labels for {len(x)} examples")
+            y = torch.from_numpy(np.asarray(y_arr).astype(np.int64))
+        splits, labels = random_splits(x, y, config.valid_fraction, config.test_fraction, config.split_seed)
+    lo = min(float(x.min()) for x in splits.values())
+    hi = max(float(x.max()) for x in splits.values())
+    likelihood = "bernoulli" if lo >= 0.0 and hi <= 1.0 else "gaussian"
+    shape = tuple(splits["train"].shape[1:])
+    info = DatasetInfo(
+        str(path), shape, (lo, hi), labels is not None, likelihood,
+        f"user array {path.name}", transform,
+    )
+    return Dataset(info, splits, labels)

@@ -1,0 +1,178 @@
+"""The data contract: what every source hands the trainer.
+
+Whatever the source, a :class:`Dataset` holds three splits (``train``, ``valid``,
+``test``) of float32 tensors ``[N, *shape]`` (``shape`` is ``(D,)`` for vectors and
+``(C, H, W)`` for images), values in the documented ``info.value_range``, optional integer
+labels ``[N]``, and a JSON-able ``info.transform`` recorded in the run's config so later
+commands reproduce it.
+
+Batches: ``train_batches`` draws a fresh permutation of the training split from
+(seed, epoch) alone, so a resumed run and every rank of a distributed run agree on it;
+``eval_batches`` walks a split in order and covers every example exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: documented for the user and checked by the trainer.
+
+    Attributes:
+        name: registry name or the user's path.
+        shape: shape of one example.
+        value_range: (low, high) bounds of the values.
+        has_labels: whether integer class labels come with the examples.
+        likelihood: the decoder likelihood the data suits (used for ``--likelihood auto``).
+        description: one line for ``aevb datasets`` and the README.
+        transform: JSON-able record of the preprocessing applied (reproduced by later commands).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    value_range: tuple[float, float]
+    has_labels: bool
+    likelihood: str
+    description: str = ""
+    transform: dict[str, Any] = field(default_factory=dict)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The order of the training examples in ``epoch``: a function of (seed, epoch) only.
+
+    Returns:
+        ``[n]`` int64 permutation (on the CPU).
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous shard [start, stop) of ``n`` items for ``rank``; shards cover n exactly once."""
+    per, extra = divmod(n, world_size)
+    start = rank * per + min(rank, extra)
+    return start, start + per + (1 if rank < extra else 0)
+
+
+class Dataset:
+    """Three in-memory splits held as tensors (on the accelerator when there is one)."""
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        splits: dict[str, Tensor],
+        labels: dict[str, Tensor] | None = None,
+    ):
+        self.info = info
+        self.splits = {s: splits[s] for s in SPLITS}
+        self._labels = labels or {}
+        for s, x in self.splits.items():
+            if x.shape[1:] != tuple(info.shape):
+                raise DataError(f"split {s} has examples of shape {tuple(x.shape[1:])}, expected {info.shape}")
+            if len(x) == 0:
+                raise DataError(f"split {s} of dataset {info.name} is empty")
+
+    # --- what the trainer and evaluator use -----------------------------------------
+    def size(self, split: str) -> int:
+        return len(self._split(split))
+
+    def tensor(self, split: str) -> Tensor:
+        """The whole split ``[N, *shape]`` (as used by the model)."""
+        return self._split(split)
+
+    def labels(self, split: str) -> Tensor | None:
+        """Integer labels ``[N]`` of a split, or None."""
+        self._split(split)
+        return self._labels.get(split)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        self.splits = {s: x.to(device) for s, x in self.splits.items()}
+        return self
+
+    def train_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Tensor]:
+        """The training batches of ``epoch``, each ``[batch_size // world_size, *shape]``.
+
+        Global batch b is ``perm[b * batch_size : (b + 1) * batch_size]`` of
+        :func:`epoch_permutation`; rank r takes its contiguous slice of it. The last
+        incomplete global batch is dropped, so every step sees ``batch_size`` examples.
+        ``start_step`` skips the first batches (resuming mid-epoch).
+        """
+        x = self.splits["train"]
+        perm = epoch_permutation(len(x), seed, epoch).to(x.device)
+        for b in range(start_step, self.steps_per_epoch(batch_size)):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            lo, hi = shard_range(batch_size, rank, world_size)
+            yield self.prepare_train(x[idx[lo:hi]])
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        n = self.size("train")
+        if batch_size > n:
+            raise DataError(
+                f"--batch-size {batch_size} exceeds the {n} training examples; use --batch-size {n} or less"
+            )
+        return n // batch_size
+
+    def prepare_train(self, batch: Tensor) -> Tensor:
+        """Per-use transform of a training batch (identity; e.g. dynamic binarisation overrides it)."""
+        return batch
+
+    def eval_batches(
+        self, split: str, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Tensor]:
+        """A split in order, in batches; rank r walks its shard; every example exactly once."""
+        x = self._split(split)
+        lo, hi = shard_range(len(x), rank, world_size)
+        for i in range(lo, hi, batch_size):
+            yield x[i : min(i + batch_size, hi)]
+
+    def _split(self, split: str) -> Tensor:
+        if split not in self.splits:
+            raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        return self.splits[split]
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"{name} contains {bad} NaN or inf values; clean or impute them first")
+
+
+def random_splits(
+    x: Tensor, y: Tensor | None, valid_fraction: float, test_fraction: float, seed: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """Hold out valid and test parts of a source that has no split, reproducibly from ``seed``."""
+    n = len(x)
+    if not (0 < valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise DataError("--valid-fraction and --test-fraction must be in (0, 1) and sum below 1")
+    n_valid = max(1, round(n * valid_fraction))
+    n_test = max(1, round(n * test_fraction))
+    if n - n_valid - n_test < 1:
+        raise DataError(f"{n} examples are too few to hold out a validation and a test split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = {
+        "test": perm[:n_test],
+        "valid": perm[n_test : n_test + n_valid],
+        "train": perm[n_test + n_valid :],
+    }
+    xs = {s: x[i] for s, i in parts.items()}
+    ys = {s: y[i] for s, i in parts.items()} if y is not None else None
+    return xs, ys

@@ -1,0 +1,22 @@
+"""Exceptions that aevb raises for bad input.
+
+Every error a user can cause (bad data, a bad option, a missing run) is an
+:class:`AevbError` whose message says what is wrong and how to fix it. The CLI prints
+it as one line and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class AevbError(Exception):
+    """Base class of the errors a user can cause; the message carries the remedy."""
+
+
+class ConfigError(AevbError, ValueError):
+    """An unknown or ill-typed configuration field."""
+
+
+class DataError(AevbError, ValueError):
+    """Data that is missing, malformed, or does not suit the model."""
+
+
+class CheckpointError(AevbError):
+    """A run directory or weights file that is missing, corrupt or inconsistent."""

@@ -1,0 +1,221 @@
+"""Every picture aevb draws (matplotlib, Agg backend, PNG files).
+
+Image data (C, H, W) is shown as image grids; 2-D data as scatter plots; other vectors
+as heat-map rows. ``draw_run_figures`` writes the set that ``aevb train`` leaves in
+``RUN/figures/``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from . import checkpoint as ckpt  # noqa: E402
+from .data.base import Dataset  # noqa: E402
+from .latent import lerp, manifold_grid, slerp  # noqa: E402
+
+
+def is_image(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 3 and shape[0] in (1, 3, 4)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def image_grid(images: Tensor, ncol: int, pad: int = 1, value_range: tuple[float, float] = (0, 1)) -> np.ndarray:
+    """Tile ``[N, C, H, W]`` images into one ``[rows*(H+pad), ncol*(W+pad), C]`` array in [0, 1]."""
+    lo, hi = value_range
+    x = ((images.detach().float().cpu() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+    n, c, h, w = x.shape
+    rows = math.ceil(n / ncol)
+    out = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.float32)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = (
+            x[i].permute(1, 2, 0).numpy()
+        )
+    return out
+
+
+def _show(ax: plt.Axes, arr: np.ndarray) -> None:
+    if arr.shape[-1] == 1:
+        ax.imshow(arr[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(arr[..., :3], interpolation="nearest")
+    ax.set_axis_off()
+
+
+def _examples_figure(x: Tensor, ncol: int, title: str, value_range: tuple[float, float]) -> plt.Figure:
+    """Images as a grid, 2-D points as a scatter, other vectors as heat-map rows."""
+    shape = tuple(x.shape[1:])
+    if is_image(shape):
+        arr = image_grid(x, ncol, value_range=value_range)
+        # Blow small images up (nearest neighbour) so an 8x8 digit is still legible.
+        scale = min(8.0, max(1.0, 700 / max(arr.shape[:2])))
+        fig, ax = plt.subplots(figsize=(arr.shape[1] * scale / 100, arr.shape[0] * scale / 100 + 0.4))
+        _show(ax, arr)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.imshow(x.reshape(len(x), -1).cpu().numpy(), aspect="auto", cmap="viridis")
+        ax.set_xlabel("dimension")
+        ax.set_ylabel("example")
+    ax.set_title(title)
+    return fig
+
+
+def plot_samples(samples: Tensor, path: str | Path, value_range: tuple[float, float] = (0, 1), title: str = "samples from the prior") -> Path:
+    """A grid of generated examples ``[N, *shape]``."""
+    ncol = max(1, int(math.ceil(math.sqrt(len(samples)))))
+    return _save(_examples_figure(samples, ncol, title, value_range), path)
+
+
+def plot_reconstructions(
+    x: Tensor, x_hat: Tensor, path: str | Path, value_range: tuple[float, float] = (0, 1), ncol: int = 8
+) -> Path:
+    """Originals (odd rows) above their reconstructions (even rows)."""
+    rows = []
+    for i in range(0, len(x), ncol):
+        rows += [x[i : i + ncol], x_hat[i : i + ncol]]
+    rows = [torch.cat([r, torch.full_like(x[: ncol - len(r)], float("nan"))]) if len(r) < ncol else r for r in rows]
+    stacked = torch.cat(rows).nan_to_num(value_range[1])
+    fig = _examples_figure(stacked, ncol, "originals (above) and reconstructions (below)", value_range)
+    return _save(fig, path)
+
+
+def interpolation_latents(model: nn.Module, x: Tensor, steps: int, spherical: bool) -> Tensor:
+    """Paths between posterior means of consecutive pairs of ``x``: ``[pairs, steps, D]``."""
+    mu = model.embed(x)
+    walk = slerp if spherical else lerp
+    return torch.stack([walk(mu[i], mu[i + 1], steps) for i in range(0, len(mu) - 1, 2)])
+
+
+def plot_interpolation(
+    model: nn.Module, x: Tensor, path: str | Path, steps: int = 10, spherical: bool = False,
+    value_range: tuple[float, float] = (0, 1),
+) -> Path:
+    """Each row decodes a straight (or spherical) path between two examples' latent means."""
+    z = interpolation_latents(model, x, steps, spherical)
+    decoded = model.generate(z.reshape(-1, z.shape[-1]))
+    kind = "spherical" if spherical else "linear"
+    fig = _examples_figure(decoded, steps, f"{kind} interpolation in latent space", value_range)
+    return _save(fig, path)
+
+
+def plot_manifold(model: nn.Module, path: str | Path, grid: int = 20, value_range: tuple[float, float] = (0, 1)) -> Path:
+    """Decode z = Phi^-1(u) over a uniform grid of u in (0, 1)^2 (2-D latents only)."""
+    device = next(model.parameters()).device
+    z = manifold_grid(grid).to(device)
+    decoded = model.generate(z)
+    shape = tuple(decoded.shape[1:])
+    if is_image(shape):
+        fig = _examples_figure(decoded, grid, "learned manifold: decoded z = Phi^-1(u), u on a grid", value_range)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        pts = decoded.reshape(grid, grid, -1)[..., :2].cpu().numpy()
+        for i in range(grid):
+            ax.plot(pts[i, :, 0], pts[i, :, 1], "-", color="tab:blue", lw=0.6)
+            ax.plot(pts[:, i, 0], pts[:, i, 1], "-", color="tab:orange", lw=0.6)
+        ax.set_title("decoded latent grid (mean of p(x|z))")
+        ax.set_aspect("equal")
+    return _save(fig, path)
+
+
+def plot_latents(mu: Tensor, labels: Tensor | None, path: str | Path) -> Path:
+    """Posterior means coloured by label: directly for 2-D latents, else the first two PCs."""
+    m = mu.detach().cpu().numpy()
+    if m.shape[1] == 2:
+        pts, xl, yl, title = m, "z1", "z2", "posterior means"
+    elif m.shape[1] == 1:
+        pts = np.stack([m[:, 0], np.zeros(len(m))], axis=1)
+        xl, yl, title = "z1", "", "posterior means (1-D latent)"
+    else:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2).fit(m)
+        pts = pca.transform(m)
+        ev = pca.explained_variance_ratio_
+        xl, yl = f"PC1 ({ev[0]:.0%} of variance)", f"PC2 ({ev[1]:.0%})"
+        title = f"posterior means, first two principal components of {m.shape[1]}-D latent"
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if labels is not None:
+        lab = labels.cpu().numpy()
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=lab, cmap="tab10", s=6, alpha=0.8)
+        fig.colorbar(sc, ax=ax, label="label")
+    else:
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.6)
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_curves(metrics: list[dict], path: str | Path) -> Path:
+    """neg-ELBO, reconstruction NLL and KL (nats per example) against step, train and valid."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    names = [("neg_elbo", "neg-ELBO"), ("recon_nll", "reconstruction NLL (distortion)"), ("kl", "KL (rate)")]
+    steps = [r["step"] for r in metrics]
+    for ax, (key, label) in zip(axes, names, strict=True):
+        for split, style in (("train", "-"), ("valid", "--")):
+            vals = [r.get(f"{split}_{key}", np.nan) for r in metrics]
+            ax.plot(steps, vals, style, marker="." if len(steps) < 30 else None, label=split)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats per example")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_2d_data_vs_samples(data: Tensor, samples: Tensor, path: str | Path) -> Path:
+    """Scatter of 2-D data beside samples of the model p(x) = int p(x|z) p(z) dz."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True)
+    for ax, pts, title in ((axes[0], data, "data"), (axes[1], samples, "model samples")):
+        p = pts.detach().cpu().numpy()
+        ax.scatter(p[:, 0], p[:, 1], s=3, alpha=0.5)
+        ax.set_title(title)
+        ax.set_aspect("equal")
+    return _save(fig, path)
+
+
+def draw_run_figures(run_dir: str | Path, model: nn.Module, dataset: Dataset, seed: int = 0) -> list[Path]:
+    """The figures ``aevb train`` leaves in ``RUN/figures``; returns their paths."""
+    out = Path(run_dir) / ckpt.FIGURES_DIR
+    shape = tuple(dataset.info.shape)
+    vr = dataset.info.value_range
+    device = next(model.parameters()).device
+    paths = []
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        paths.append(plot_curves(ckpt.read_metrics(run_dir), out / "curves.png"))
+        test = dataset.tensor("test")
+        if shape == (2,):
+            n = min(len(test), 2000)
+            samples = model.sample(n, mean=False)
+            paths.append(plot_2d_data_vs_samples(test[:n], samples, out / "samples.png"))
+        else:
+            paths.append(plot_samples(model.sample(64), out / "samples.png", vr))
+            x = test[:16].to(device)
+            paths.append(plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png", vr))
+            paths.append(plot_interpolation(model, test[:10].to(device), out / "interpolation.png", value_range=vr))
+        mu = torch.cat([model.embed(b.to(device)) for b in dataset.eval_batches("test", 1000)])
+        paths.append(plot_latents(mu, dataset.labels("test"), out / "latents.png"))
+        if model.config.latent_dim == 2:
+            paths.append(plot_manifold(model, out / "manifold.png", 20, vr))
+    return paths

@@ -1,0 +1,137 @@
+"""Encoder and decoder networks: small modules that map shapes to shapes.
+
+* encoders map ``[B, *event]`` to ``[B, 2 * latent_dim]`` (mu and logvar side by side);
+* decoders map ``[N, latent_dim]`` to ``[N, n_params, *event]``.
+
+``mlp`` flattens the input; ``conv`` needs images ``(C, H, W)`` and halves the resolution
+with each stride-2 convolution (kernel 4, padding 1), mirrored by transposed convolutions
+that restore the exact encoder sizes (odd sizes included).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+}
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str):
+        super().__init__()
+        self.net = mlp([math.prod(event_shape), *hidden, 2 * latent_dim], activation)
+        self.event_dims = len(event_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(start_dim=x.dim() - self.event_dims))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str, n_params: int):
+        super().__init__()
+        self.out_shape = (n_params, *event_shape)
+        self.net = mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)], activation)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).unflatten(-1, self.out_shape)
+
+
+def conv_sizes(event_shape: tuple[int, ...], n_layers: int) -> list[tuple[int, int]]:
+    """Spatial sizes at each level of the conv encoder: ``[(H, W), (H//2, W//2), ...]``."""
+    if len(event_shape) != 3:
+        raise ConfigError(
+            f"--arch conv needs image data (C, H, W) but examples have shape {event_shape}; use --arch mlp"
+        )
+    h, w = event_shape[1], event_shape[2]
+    sizes = [(h, w)]
+    for _ in range(n_layers):
+        h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ConfigError(
+                f"{n_layers} stride-2 convolutions are too many for {event_shape[1]}x{event_shape[2]} "
+                "images; give fewer --hidden channels"
+            )
+        sizes.append((h, w))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str):
+        super().__init__()
+        sizes = conv_sizes(event_shape, len(hidden))
+        chans = [event_shape[0], *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, kernel_size=4, stride=2, padding=1), ACTIVATIONS[activation]()]
+        self.conv = nn.Sequential(*layers)
+        h, w = sizes[-1]
+        self.head = nn.Linear(chans[-1] * h * w, 2 * latent_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-3]
+        h = self.conv(x.reshape(-1, *x.shape[-3:]))
+        return self.head(h.flatten(1)).unflatten(0, lead)
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str, n_params: int):
+        super().__init__()
+        self.sizes = conv_sizes(event_shape, len(hidden))
+        self.n_params, self.event_shape = n_params, tuple(event_shape)
+        h, w = self.sizes[-1]
+        self.top = (hidden[-1], h, w)
+        self.fc = nn.Sequential(nn.Linear(latent_dim, hidden[-1] * h * w), ACTIVATIONS[activation]())
+        chans = [n_params * event_shape[0], *hidden]
+        self.deconvs = nn.ModuleList(
+            nn.ConvTranspose2d(chans[i + 1], chans[i], kernel_size=4, stride=2, padding=1)
+            for i in reversed(range(len(hidden)))
+        )
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, z: Tensor) -> Tensor:
+        lead = z.shape[:-1]
+        h = self.fc(z.reshape(-1, z.shape[-1])).view(-1, *self.top)
+        n = len(self.deconvs)
+        for j, deconv in enumerate(self.deconvs):
+            h = deconv(h, output_size=list(self.sizes[n - 1 - j]))
+            if j < n - 1:
+                h = self.act(h)
+        return h.view(*lead, self.n_params, *self.event_shape)
+
+
+def build_networks(
+    arch: str, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str, n_params: int
+) -> tuple[nn.Module, nn.Module]:
+    """(encoder, decoder) for ``arch`` in {'mlp', 'conv'}."""
+    if arch == "mlp":
+        return (
+            MLPEncoder(event_shape, hidden, latent_dim, activation),
+            MLPDecoder(event_shape, hidden, latent_dim, activation, n_params),
+        )
+    if arch == "conv":
+        if not hidden:
+            raise ConfigError("--arch conv needs at least one entry in --hidden (channels)")
+        return (
+            ConvEncoder(event_shape, hidden, latent_dim, activation),
+            ConvDecoder(event_shape, hidden, latent_dim, activation, n_params),
+        )
+    raise ConfigError(f"unknown --arch {arch!r}; choose mlp or conv")
