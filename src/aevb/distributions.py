@@ -29,7 +29,11 @@ def sum_event(t: Tensor, event_dims: int) -> Tensor:
 
 
 def reparameterise(
-    mu: Tensor, logvar: Tensor, samples: int = 1, generator: torch.Generator | None = None
+    mu: Tensor,
+    logvar: Tensor,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+    eps: Tensor | None = None,
 ) -> Tensor:
     """Draw ``z = mu + sigma * eps`` with ``eps ~ N(0, I)`` (Kingma & Welling, eq. 4).
 
@@ -41,13 +45,17 @@ def reparameterise(
         logvar: ``[B, D]`` log-variances.
         samples: number L of independent samples per example.
         generator: optional torch.Generator for the noise.
+        eps: optional ``[L, B, D]`` standard-normal noise to use instead of drawing it
+            (the trainer passes the global batch's noise so that data-parallel ranks use
+            exactly the noise one process would).
 
     Returns:
         ``[L, B, D]`` samples.
     """
     std = torch.exp(0.5 * logvar)
-    shape = (samples, *mu.shape)
-    eps = torch.randn(shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    if eps is None:
+        shape = (samples, *mu.shape)
+        eps = torch.randn(shape, dtype=mu.dtype, device=mu.device, generator=generator)
     return mu + std * eps
 
 

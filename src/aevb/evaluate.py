@@ -61,17 +61,47 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def batch_seed(seed: int, batch_index: int) -> int:
+    """Seed of the noise for evaluation batch ``batch_index`` (independent of world size)."""
+    return seed * 1_000_003 + batch_index
+
+
+def all_reduce_(acc: MeanAccumulator) -> MeanAccumulator:
+    """Sum an accumulator over the ranks of an initialised process group (no-op otherwise)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return acc
+    keys = sorted(acc.sums)
+    device = acc.sums[keys[0]].device if keys else torch.device("cpu")
+    flat = torch.stack(
+        [acc.sums[k] for k in keys] + [acc.sq_sums[k] for k in keys]
+        + [torch.tensor(float(acc.n), dtype=torch.float64, device=device)]
+    )
+    dist.all_reduce(flat)
+    n = len(keys)
+    acc.sums = {k: flat[i] for i, k in enumerate(keys)}
+    acc.sq_sums = {k: flat[n + i] for i, k in enumerate(keys)}
+    acc.n = int(round(float(flat[-1])))
+    return acc
+
+
 @torch.no_grad()
-def elbo_sums(model: nn.Module, batches: Iterable[Tensor], seed: int = 0) -> MeanAccumulator:
-    """Accumulate neg-ELBO, recon NLL and KL over ``batches`` (per example, in nats)."""
+def elbo_sums(
+    model: nn.Module, batches: Iterable[tuple[int, Tensor]], seed: int = 0
+) -> MeanAccumulator:
+    """Accumulate neg-ELBO, recon NLL and KL over indexed batches (per example, in nats).
+
+    Each batch's noise is seeded by (seed, batch index), on a forked RNG.
+    """
     device = device_of(model)
     acc = MeanAccumulator()
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for x in batches:
+        for b, x in batches:
+            torch.manual_seed(batch_seed(seed, b))
             out = model(x.to(device, non_blocking=True))
             acc.add(neg_elbo=out.neg_elbo, recon_nll=out.recon_nll, kl=out.kl, loss=out.loss)
     model.train(was_training)
@@ -79,16 +109,25 @@ def elbo_sums(model: nn.Module, batches: Iterable[Tensor], seed: int = 0) -> Mea
 
 
 def evaluate_elbo(
-    model: nn.Module, dataset: Dataset, split: str = "test", batch_size: int = 1000, seed: int = 0
+    model: nn.Module,
+    dataset: Dataset,
+    split: str = "test",
+    batch_size: int = 1000,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """neg-ELBO, recon NLL and KL (nats per example, with standard errors) on a whole split.
 
-    Uses the model's own L (``config.samples``) Monte-Carlo samples per example.
+    Uses the model's own L (``config.samples``) Monte-Carlo samples per example. Under
+    torch.distributed each rank evaluates its shard and the sums are all-reduced; the
+    result equals one process's (same per-batch noise) up to summation order.
 
     Returns:
         ``{"neg_elbo", "neg_elbo_se", "recon_nll", ..., "n_examples"}``.
     """
-    acc = elbo_sums(model, dataset.eval_batches(split, batch_size), seed)
+    batches = dataset.indexed_eval_batches(split, batch_size, rank, world_size)
+    acc = all_reduce_(elbo_sums(model, batches, seed))
     res = acc.result()
     res["n_examples"] = acc.n
     return res

@@ -75,18 +75,21 @@ def elbo_terms(log_px_given_z: Tensor, kl: Tensor, beta: float = 1.0) -> tuple[T
 
 
 @register_objective("elbo")
-def elbo(model: VAE, x: Tensor, samples: int = 1, beta: float = 1.0) -> VAEOutput:
+def elbo(
+    model: VAE, x: Tensor, samples: int = 1, beta: float = 1.0, eps: Tensor | None = None
+) -> VAEOutput:
     """The (beta-weighted) ELBO with L = ``samples`` reparameterised samples.
 
     Args:
         model: supplies ``encode``, ``log_likelihood`` and ``kl``.
         x: ``[B, *event]`` data.
+        eps: optional ``[samples, B, D]`` noise for the reparameterisation (drawn if None).
 
     Returns:
         A :class:`VAEOutput` with ``loss = recon_nll + beta * kl``.
     """
     mu, logvar = model.encode(x)
-    z = reparameterise(mu, logvar, samples)  # [L, B, D]
+    z = reparameterise(mu, logvar, samples, eps=eps)  # [L, B, D]
     log_px_given_z = model.log_likelihood(x, z)  # [L, B]
     kl = model.kl(mu, logvar, z)  # [B]
     loss, neg_elbo, recon_nll = elbo_terms(log_px_given_z, kl, beta)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import RunConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, shard_range
 from .errors import AevbError, ConfigError
 from .evaluate import MeanAccumulator, evaluate_elbo
 from .models import build_model
@@ -105,6 +105,7 @@ def train(
     config = resolve_model_config(config, dataset)
     dataset.to(device)
     spe = dataset.steps_per_epoch(tc.batch_size)
+    noise_lo, noise_hi = shard_range(tc.batch_size, 0, 1)
     n_steps = total_steps(config, spe)
 
     # 2. Model and optimizer, seeded.
@@ -137,7 +138,10 @@ def train(
             acc = MeanAccumulator()
             # 3. The hot loop: no host sync except the occasional progress-bar refresh.
             for x in dataset.train_batches(tc.batch_size, tc.seed, epoch, start_step=start):
-                out = step_fn(x)
+                # Noise for the whole global batch, this rank's slice: every world size
+                # sees the same noise per example (rank 0 of 1 takes all of it).
+                eps = model.noise(tc.batch_size, device)[:, noise_lo:noise_hi]
+                out = step_fn(x, eps)
                 loss = out.loss.mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -138,11 +138,23 @@ class Dataset:
     def eval_batches(
         self, split: str, batch_size: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[Tensor]:
-        """A split in order, in batches; rank r walks its shard; every example exactly once."""
+        """A split in order, in batches; every example exactly once over all ranks."""
+        for _, x in self.indexed_eval_batches(split, batch_size, rank, world_size):
+            yield x
+
+    def indexed_eval_batches(
+        self, split: str, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[int, Tensor]]:
+        """``(batch_index, batch)`` pairs; rank r takes a contiguous range of whole batches.
+
+        Batch b is always examples ``[b * batch_size, (b + 1) * batch_size)``, whatever the
+        world size, so per-batch seeding makes sharded evaluation equal one process's.
+        """
         x = self._split(split)
-        lo, hi = shard_range(len(x), rank, world_size)
-        for i in range(lo, hi, batch_size):
-            yield x[i : min(i + batch_size, hi)]
+        n_batches = -(-len(x) // batch_size)
+        lo, hi = shard_range(n_batches, rank, world_size)
+        for b in range(lo, hi):
+            yield b, x[b * batch_size : min((b + 1) * batch_size, len(x))]
 
     def _split(self, split: str) -> Tensor:
         if split not in self.splits:

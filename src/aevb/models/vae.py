@@ -97,9 +97,16 @@ class VAE(nn.Module):
         return self.log_likelihood(x, z) + self.log_prior(z) - self.log_posterior(z, mu, logvar)
 
     # --- the objective --------------------------------------------------------------
-    def forward(self, x: Tensor) -> VAEOutput:
-        """Per-example objective terms for a batch ``x`` ``[B, *event]`` (see VAEOutput)."""
-        return self.objective(self, x, samples=self.config.samples, beta=self.config.beta)
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> VAEOutput:
+        """Per-example objective terms for a batch ``x`` ``[B, *event]`` (see VAEOutput).
+
+        ``eps`` (``[L, B, D]``, from :meth:`noise`) fixes the reparameterisation noise.
+        """
+        return self.objective(self, x, samples=self.config.samples, beta=self.config.beta, eps=eps)
+
+    def noise(self, batch_size: int, device: torch.device | str) -> Tensor:
+        """Standard-normal noise ``[L, batch_size, D]`` for one training step's forward pass."""
+        return torch.randn(self.config.samples, batch_size, self.config.latent_dim, device=device)
 
     # --- using a trained model ------------------------------------------------------
     @torch.no_grad()
