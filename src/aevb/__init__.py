@@ -4,7 +4,7 @@ from .checkpoint import load_model as load
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, DatasetInfo, load_dataset
 from .errors import AevbError, CheckpointError, ConfigError, DataError
-from .evaluate import evaluate_elbo
+from .evaluate import evaluate, evaluate_elbo, markdown_report
 from .models import VAE, build_model
 from .objectives import VAEOutput
 from .train import TrainResult, resume, train
@@ -27,9 +27,11 @@ __all__ = [
     "VAEOutput",
     "__version__",
     "build_model",
+    "evaluate",
     "evaluate_elbo",
     "load",
     "load_dataset",
+    "markdown_report",
     "resume",
     "train",
 ]

@@ -56,7 +56,10 @@ class ModelConfig:
 class DataConfig:
     """Which data and how it is prepared (serialised as ``config.json["data"]``)."""
 
-    dataset: str = _f("digits", "dataset name (see `aevb datasets`) or a path to .npy/.npz data")
+    dataset: str = _f(
+        "digits",
+        "dataset name (see `aevb datasets`) or a path: an image folder, .npy/.npz arrays, a .csv table",
+    )
     data_dir: str | None = _f(
         None, "folder holding downloaded datasets (default $AEVB_DATA or ~/.cache/aevb)"
     )
@@ -64,6 +67,22 @@ class DataConfig:
     valid_fraction: float = _f(0.1, "fraction held out for validation when the source has no split")
     test_fraction: float = _f(0.1, "fraction held out for test when the source has no split")
     synthetic_size: int = _f(5000, "number of examples generated for synthetic datasets (ring, ...)")
+    binarize: str = _f(
+        "none",
+        "grayscale data in [0, 1]: 'dynamic' draws every training pixel afresh from Bernoulli(x) "
+        "each time it is used (valid/test drawn once, seeded); 'threshold' is x > 0.5",
+        ("none", "dynamic", "threshold"),
+    )
+    image_size: tuple[int, ...] = _f(
+        (), "image folders: resize every image to H,W (one number: square); empty keeps the size"
+    )
+    columns: str | None = _f(
+        None, "CSV tables: comma-separated names of the numeric columns to use (default: all)"
+    )
+    memory_budget_mb: int = _f(
+        2048, "image folders larger than this (as float32) are read from disk by DataLoader workers"
+    )
+    num_workers: int = _f(2, "DataLoader worker processes for data read from disk")
 
 
 @dataclass(frozen=True)

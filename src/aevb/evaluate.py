@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,40 +22,42 @@ from .data.base import Dataset
 
 @dataclass
 class MeanAccumulator:
-    """Running sums (on the device) of per-example values; no host sync until ``result``."""
+    """Running sums (on the device) of per-example values; no host sync until ``result``.
+
+    Values are ``[B]`` (scalars per example) or ``[B, D]`` (vectors per example, e.g. the
+    per-dimension KL); sums are float64 and keep the trailing shape.
+    """
 
     sums: dict[str, Tensor] = field(default_factory=dict)
     sq_sums: dict[str, Tensor] = field(default_factory=dict)
     n: int = 0
 
     def add(self, **values: Tensor) -> None:
-        """Add ``[B]`` per-example tensors (all with the same B)."""
+        """Add per-example tensors ``[B, ...]`` (all with the same B)."""
         b = None
         for k, v in values.items():
             v = v.detach().to(torch.float64)
             b = v.shape[0]
             if k not in self.sums:
-                self.sums[k] = torch.zeros((), dtype=torch.float64, device=v.device)
-                self.sq_sums[k] = torch.zeros((), dtype=torch.float64, device=v.device)
-            self.sums[k] += v.sum()
-            self.sq_sums[k] += v.pow(2).sum()
+                self.sums[k] = torch.zeros(v.shape[1:], dtype=torch.float64, device=v.device)
+                self.sq_sums[k] = torch.zeros(v.shape[1:], dtype=torch.float64, device=v.device)
+            self.sums[k] += v.sum(0)
+            self.sq_sums[k] += v.pow(2).sum(0)
         self.n += b or 0
 
-    def merge_(self, sums: dict[str, Tensor], sq_sums: dict[str, Tensor], n: int) -> None:
-        for k in sums:
-            self.sums[k] = self.sums.get(k, 0) + sums[k]
-            self.sq_sums[k] = self.sq_sums.get(k, 0) + sq_sums[k]
-        self.n += n
+    def mean(self, key: str) -> Tensor:
+        return self.sums[key] / self.n
 
-    def result(self) -> dict[str, float]:
-        """``{key: mean, key_se: standard error}`` (SE of the mean over examples)."""
-        out: dict[str, float] = {}
+    def result(self) -> dict[str, float | list[float]]:
+        """``{key: mean, key_se: standard error of the mean over examples}``."""
+        out: dict[str, float | list[float]] = {}
         for k in self.sums:
-            s, sq = float(self.sums[k]), float(self.sq_sums[k])
-            mean = s / self.n
-            var = max(sq / self.n - mean * mean, 0.0) * self.n / max(self.n - 1, 1)
-            out[k] = mean
-            out[f"{k}_se"] = math.sqrt(var / self.n)
+            n = self.n
+            mean = self.sums[k] / n
+            var = (self.sq_sums[k] / n - mean.pow(2)).clamp_min(0) * n / max(n - 1, 1)
+            se = (var / n).sqrt()
+            out[k] = mean.item() if mean.dim() == 0 else mean.tolist()
+            out[f"{k}_se"] = se.item() if se.dim() == 0 else se.tolist()
         return out
 
 
@@ -73,15 +77,16 @@ def all_reduce_(acc: MeanAccumulator) -> MeanAccumulator:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return acc
     keys = sorted(acc.sums)
-    device = acc.sums[keys[0]].device if keys else torch.device("cpu")
-    flat = torch.stack(
-        [acc.sums[k] for k in keys] + [acc.sq_sums[k] for k in keys]
-        + [torch.tensor(float(acc.n), dtype=torch.float64, device=device)]
-    )
+    if not keys:
+        return acc
+    device = acc.sums[keys[0]].device
+    parts = [acc.sums[k].reshape(-1) for k in keys] + [acc.sq_sums[k].reshape(-1) for k in keys]
+    flat = torch.cat(parts + [torch.tensor([float(acc.n)], dtype=torch.float64, device=device)])
     dist.all_reduce(flat)
-    n = len(keys)
-    acc.sums = {k: flat[i] for i, k in enumerate(keys)}
-    acc.sq_sums = {k: flat[n + i] for i, k in enumerate(keys)}
+    pieces = flat[:-1].split([p.numel() for p in parts])
+    shapes = [acc.sums[k].shape for k in keys]
+    acc.sums = {k: pieces[i].reshape(shapes[i]) for i, k in enumerate(keys)}
+    acc.sq_sums = {k: pieces[len(keys) + i].reshape(shapes[i]) for i, k in enumerate(keys)}
     acc.n = int(round(float(flat[-1])))
     return acc
 
@@ -131,3 +136,150 @@ def evaluate_elbo(
     res = acc.result()
     res["n_examples"] = acc.n
     return res
+
+
+def evaluate(
+    model: nn.Module | str | Path,
+    dataset: Dataset | None = None,
+    split: str = "test",
+    k: int = 100,
+    *,
+    chunk_size: int = 16384,
+    naive: int = 0,
+    batch_size: int = 500,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Honest likelihood of a whole split: IW log p(x), ELBO, gap, rate, distortion, AU, bits/dim.
+
+    Every example is scored exactly once (batches need not divide the split). Under
+    torch.distributed each rank scores its shard and the sums are all-reduced.
+
+    Args:
+        model: a trained model (see :mod:`aevb.estimators` for the methods it needs), or
+            a run directory (the model and its dataset are loaded from it).
+        dataset: the data (default: the run's dataset); ``split`` names the part to score.
+        k: importance samples per example (K = 5000 for published numbers).
+        chunk_size: most (example, sample) pairs decoded at once; memory is bounded by it
+            and results do not depend on it.
+        naive: if > 0, also the naive prior-sampling estimate with this many samples.
+        batch_size: examples per encoder pass.
+        seed: noise seed (per batch: seed, batch index).
+
+    Returns:
+        A JSON-able dict with (means over examples, each with a ``_se`` standard error)
+        ``log_px_iw``, ``neg_elbo``, ``rate`` (KL), ``distortion`` (reconstruction NLL),
+        ``gap`` (log p(x) - ELBO), ``bits_per_dim``, optional ``log_px_naive``; and
+        ``kl_per_dim``, ``active_units``, ``au_variance``, ``k``, ``n_examples``,
+        ``num_dims``, ``split``, ``seconds``, ``examples_x_k_per_s``. Also ``recon_nll`` and
+        ``kl``, the same numbers as ``distortion`` and ``rate`` under their training names.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .estimators import active_units, bits_per_dim, importance_weighted, naive_prior
+
+    model, dataset = _model_and_data(model, dataset)
+    model.likelihood.check_data(dataset.tensor(split))
+    device = device_of(model)
+    num_dims = math.prod(dataset.info.shape)
+    acc = MeanAccumulator()
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    batches = list(dataset.indexed_eval_batches(split, batch_size, rank, world_size))
+    for b, x in tqdm(batches, desc=f"evaluate {split} (K={k})", disable=not progress, leave=False):
+        x = x.to(device, non_blocking=True)
+        r = importance_weighted(model, x, k, chunk_size, seed=batch_seed(seed, b))
+        values = {
+            "log_px_iw": r["log_px_iw"],
+            "neg_elbo": r["neg_elbo"],
+            "rate": r["rate"],
+            "distortion": r["distortion"],
+            "gap": r["gap"],
+            "bits_per_dim": bits_per_dim(r["log_px_iw"], num_dims),
+            "kl_per_dim": r["kl_per_dim"],
+            "mu": r["mu"],
+        }
+        if naive > 0:
+            values["log_px_naive"] = naive_prior(model, x, naive, chunk_size, seed=batch_seed(seed, b))
+        acc.add(**values)
+    acc = all_reduce_(acc)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    model.train(was_training)
+
+    res: dict[str, Any] = acc.result()
+    au, au_var = active_units(acc.sums["mu"], acc.sq_sums["mu"], acc.n)
+    for key in ("mu", "mu_se", "kl_per_dim_se"):
+        res.pop(key, None)
+    res.update(
+        recon_nll=res["distortion"], recon_nll_se=res["distortion_se"], kl=res["rate"], kl_se=res["rate_se"],
+        active_units=au, au_variance=au_var.tolist(), k=k, naive_samples=naive,
+        n_examples=acc.n, num_dims=num_dims, split=split, seconds=round(seconds, 3),
+        examples_x_k_per_s=acc.n * k / seconds if seconds > 0 else float("nan"),
+    )
+    return res
+
+
+def _model_and_data(model: nn.Module | str | Path, dataset: Dataset | None) -> tuple[nn.Module, Dataset]:
+    """Load a run's model (and, unless given, its dataset); check the shapes agree."""
+    from .checkpoint import load_config, load_model
+    from .data import load_dataset
+    from .errors import DataError
+
+    if isinstance(model, (str, Path)):
+        run = model
+        model = load_model(run, device="cuda" if torch.cuda.is_available() else "cpu")
+        if dataset is None:
+            dataset = load_dataset(load_config(run).data)
+    if dataset is None:
+        raise DataError("evaluate() needs a dataset when given a model rather than a run directory")
+    expected = tuple(model.config.input_shape)
+    if tuple(dataset.info.shape) != expected:
+        raise DataError(
+            f"{dataset.info.name} has examples of shape {tuple(dataset.info.shape)} but the model "
+            f"expects {expected}"
+        )
+    return model, dataset
+
+
+def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
+    """A Markdown summary of :func:`evaluate`'s result."""
+    rows = [
+        ("log p(x), importance-sampled", "log_px_iw"),
+        ("log p(x), naive prior sampling", "log_px_naive"),
+        ("negative ELBO", "neg_elbo"),
+        ("gap log p(x) - ELBO", "gap"),
+        ("rate: KL(q(z|x) || p(z))", "rate"),
+        ("distortion: -E_q log p(x|z)", "distortion"),
+        ("bits per dimension", "bits_per_dim"),
+    ]
+    lines = [
+        f"# {title}",
+        "",
+        f"Split `{res['split']}`: {res['n_examples']} examples, K = {res['k']} importance samples"
+        + (f", {res['naive_samples']} naive prior samples" if res.get("naive_samples") else "")
+        + f"; {res['seconds']:.1f} s ({res['examples_x_k_per_s']:.3g} examples x K per second).",
+        "",
+        "| quantity (nats per example) | mean | standard error |",
+        "| --- | ---: | ---: |",
+    ]
+    for label, key in rows:
+        if key in res:
+            lines.append(f"| {label} | {res[key]:.4f} | {res[key + '_se']:.4f} |")
+    d = len(res["kl_per_dim"])
+    lines += [
+        "",
+        f"Active units (Cov_x E_q[z_j] > 0.01): **{res['active_units']} of {d}**.",
+        "",
+        "| latent j | KL_j (nats) | Cov_x E_q[z_j] |",
+        "| ---: | ---: | ---: |",
+    ]
+    for j, (klj, v) in enumerate(zip(res["kl_per_dim"], res["au_variance"], strict=True)):
+        lines.append(f"| {j} | {klj:.4f} | {v:.4f} |")
+    return "\n".join(lines) + "\n"

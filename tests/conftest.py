@@ -1,0 +1,41 @@
+"""Shared fixtures: small trained runs on the built-in digits, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import SMALL, CliResult, run_cli
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> tuple[Path, CliResult]:
+    """A digits run trained by ``aevb train`` (2-D latent, figures on); shared read-only."""
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    res = run_cli("train", *SMALL, "--out", run)
+    assert res.code == 0, res.err
+    return run, res
+
+
+@pytest.fixture(scope="session")
+def run_dir(digits_run) -> Path:
+    return digits_run[0]
+
+
+@pytest.fixture(scope="session")
+def digits_run_4d(tmp_path_factory) -> Path:
+    """A digits run with a 4-D latent and no figures (for the manifold error)."""
+    run = tmp_path_factory.mktemp("runs") / "digits4d"
+    res = run_cli("train", *SMALL, "--latent-dim", "4", "--figures", "false", "--out", run)
+    assert res.code == 0, res.err
+    return run
+
+
+@pytest.fixture
+def binary_npy(tmp_path) -> Path:
+    """A user .npy of 300 binary vectors of length 12 (a shape no built-in dataset has)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "binary.npy"
+    np.save(path, (rng.random((300, 12)) < 0.3).astype(np.float32))
+    return path
