@@ -1,4 +1,8 @@
-"""Shared fixtures: small trained runs on the built-in digits, made once per session."""
+"""Shared fixtures: small trained runs on the built-in digits, made once per session.
+
+The tests use one intra-op thread: their tensors are tiny, and on a shared machine a
+second OpenMP thread waiting for a busy core makes each op take milliseconds.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import SMALL, CliResult, run_cli
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

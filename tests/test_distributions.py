@@ -70,9 +70,15 @@ def test_kl_matches_torch_distributions():
     zeros = torch.zeros_like(mu_q)
     ref_std = kl_divergence(_diag_normal(mu_q, logvar_q), _diag_normal(zeros, zeros))
     ref = kl_divergence(_diag_normal(mu_q, logvar_q), _diag_normal(mu_p, logvar_p))
-    torch.testing.assert_close(gaussian_kl_standard(mu_q, logvar_q), ref_std, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gaussian_kl(mu_q, logvar_q, zeros, zeros), ref_std, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gaussian_kl(mu_q, logvar_q, mu_p, logvar_p), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        gaussian_kl_standard(mu_q, logvar_q), ref_std, rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        gaussian_kl(mu_q, logvar_q, zeros, zeros), ref_std, rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        gaussian_kl(mu_q, logvar_q, mu_p, logvar_p), ref, rtol=1e-12, atol=1e-12
+    )
     torch.testing.assert_close(gaussian_kl_per_dim(mu_q, logvar_q).sum(-1), ref_std)
 
 
@@ -101,7 +107,9 @@ def test_reparameterise_shapes_and_moments():
 def test_reparameterise_uses_given_noise_and_generator():
     mu, logvar = _q_params()
     eps = torch.randn(5, *mu.shape, generator=_gen(3), dtype=DT)
-    torch.testing.assert_close(reparameterise(mu, logvar, eps=eps), mu + torch.exp(0.5 * logvar) * eps)
+    torch.testing.assert_close(
+        reparameterise(mu, logvar, eps=eps), mu + torch.exp(0.5 * logvar) * eps
+    )
     a = reparameterise(mu, logvar, 3, generator=_gen(7))
     b = reparameterise(mu, logvar, 3, generator=_gen(7))
     assert torch.equal(a, b)
@@ -166,9 +174,13 @@ def _normal_ref(x, mu, sigma) -> torch.Tensor:
 
 
 def test_registry_holds_the_documented_likelihoods():
-    assert {"bernoulli", "gaussian", "gaussian-shared", "gaussian-pixel", "gaussian-decoded"} <= set(
-        LIKELIHOODS
-    )
+    assert {
+        "bernoulli",
+        "gaussian",
+        "gaussian-shared",
+        "gaussian-pixel",
+        "gaussian-decoded",
+    } <= set(LIKELIHOODS)
     with pytest.raises(ConfigError, match="choose one of"):
         build_likelihood("poisson", EVENT, 0.1, 1e-3)
 
@@ -199,7 +211,9 @@ def test_gaussian_learned_sigma_matches_torch(name):
     lik = build_likelihood(name, EVENT, 0.2, 1e-3).to(DT)
     params, x = _params(1), _data()
     # Initialised at --sigma exactly.
-    torch.testing.assert_close(lik.sigma_min + F.softplus(lik.raw_sigma), torch.full_like(lik.raw_sigma, 0.2))
+    torch.testing.assert_close(
+        lik.sigma_min + F.softplus(lik.raw_sigma), torch.full_like(lik.raw_sigma, 0.2)
+    )
     with torch.no_grad():
         lik.raw_sigma.copy_(torch.randn(lik.raw_sigma.shape, generator=_gen(9), dtype=DT))
     expected_shape = () if name == "gaussian-shared" else EVENT
@@ -227,7 +241,7 @@ def test_gaussian_decoded_sigma_matches_torch():
 @pytest.mark.parametrize("raw", [-1e30, -1e4, -50.0, 50.0, 1e4, 1e30])
 @pytest.mark.parametrize("name", ["gaussian-shared", "gaussian-pixel", "gaussian-decoded"])
 def test_learned_sigma_never_gives_nan_or_inf(name, raw):
-    """sigma = sigma_min + softplus(raw) stays in [sigma_min, inf): log p and its gradient stay finite."""
+    """sigma = sigma_min + softplus(raw) stays in [sigma_min, inf): log p and grads stay finite."""
     lik = build_likelihood(name, EVENT, 0.1, 1e-3)  # float32, as in training
     params = torch.randn(L, B, lik.n_params, *EVENT, generator=_gen(2))
     x = torch.rand(B, *EVENT, generator=_gen(3))

@@ -32,7 +32,11 @@ def _gen(seed: int) -> torch.Generator:
 
 def make_model(w: torch.Tensor, b: torch.Tensor, samples: int = 1) -> VAE:
     config = ModelConfig(
-        input_shape=(D,), latent_dim=K, hidden=(), likelihood="gaussian", sigma=SIGMA,
+        input_shape=(D,),
+        latent_dim=K,
+        hidden=(),
+        likelihood="gaussian",
+        sigma=SIGMA,
         samples=samples,
     )
     model = VAE(config).to(DT).requires_grad_(False)

@@ -7,7 +7,6 @@ import torch
 
 from aevb import VAE, ConfigError, ModelConfig, build_model
 from aevb.distributions import gaussian_kl_standard, log_bernoulli, reparameterise
-from aevb.objectives import elbo
 
 DT = torch.float64
 
@@ -27,8 +26,12 @@ def _binary(b: int, *shape: int, seed: int = 0) -> torch.Tensor:
 # --- shapes ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "arch, shape, hidden",
-    [("mlp", (12,), (16,)), ("mlp", (1, 8, 8), (32, 16)), ("conv", (1, 8, 8), (8, 16)),
-     ("conv", (3, 7, 5), (4,))],  # odd image sizes must come back exactly
+    [
+        ("mlp", (12,), (16,)),
+        ("mlp", (1, 8, 8), (32, 16)),
+        ("conv", (1, 8, 8), (8, 16)),
+        ("conv", (3, 7, 5), (4,)),
+    ],  # odd image sizes must come back exactly
 )
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian-decoded"])
 def test_forward_and_generation_shapes(arch, shape, hidden, likelihood):
@@ -120,7 +123,7 @@ def test_elbo_gradient_matches_finite_differences():
     logvar = logvar0.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(neg_elbo, (mu, logvar), eps=1e-6, atol=1e-6, rtol=1e-5)
     # ... and the model's own objective uses the same path: same gradient w.r.t. mu.
-    g_mu, = torch.autograd.grad(neg_elbo(mu, logvar).sum(), mu)
+    (g_mu,) = torch.autograd.grad(neg_elbo(mu, logvar).sum(), mu)
     h = 1e-6
     fd = torch.zeros_like(mu0)
     with torch.no_grad():
@@ -128,7 +131,9 @@ def test_elbo_gradient_matches_finite_differences():
             for j in range(mu0.shape[1]):
                 d = torch.zeros_like(mu0)
                 d[i, j] = h
-                fd[i, j] = (neg_elbo(mu0 + d, logvar0).sum() - neg_elbo(mu0 - d, logvar0).sum()) / (2 * h)
+                fd[i, j] = (neg_elbo(mu0 + d, logvar0).sum() - neg_elbo(mu0 - d, logvar0).sum()) / (
+                    2 * h
+                )
     torch.testing.assert_close(g_mu, fd, rtol=1e-5, atol=1e-7)
 
 

@@ -2,7 +2,7 @@
 
 from .checkpoint import load_model as load
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import Dataset, DatasetInfo, load_dataset
+from .data import Dataset, DatasetInfo, from_tensor, from_torch_dataset, load_dataset
 from .errors import AevbError, CheckpointError, ConfigError, DataError
 from .evaluate import evaluate, evaluate_elbo, markdown_report
 from .models import VAE, build_model
@@ -29,6 +29,8 @@ __all__ = [
     "build_model",
     "evaluate",
     "evaluate_elbo",
+    "from_tensor",
+    "from_torch_dataset",
     "load",
     "load_dataset",
     "markdown_report",

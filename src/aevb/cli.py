@@ -30,8 +30,17 @@ class Parser(argparse.ArgumentParser):
     valid_hint: str = ""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        hint = f"; valid options: {self.valid_hint}" if self.valid_hint and "unrecognized" in message else ""
+        valid = self.valid_hint or ", ".join(o for o in self._option_string_actions if o.startswith("--"))
+        hint = f"; valid options: {valid}" if valid and "unrecognized" in message else ""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{hint}\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # A subcommand's parser would hand unknown options up to `aevb`, which cannot list
+        # the subcommand's valid ones: report them here, where the options are known.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def _config_flags() -> list[str]:
@@ -46,11 +55,15 @@ def build_parser() -> Parser:
     t = sub.add_parser("train", help="train a VAE (or continue one with --resume)",
                        description="Train a VAE. Every config field is a flag; the last line printed is the run directory.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    t.valid_hint = ", ".join(["--config", "--out", "--resume", "--no-progress", *_config_flags()])
+    t.valid_hint = ", ".join(["--config", "--out", "--resume", "--no-progress", "--nproc",
+                              *_config_flags()])
     t.add_argument("--config", metavar="FILE.json", help="start from this config (partial configs are fine)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<dataset>-<timestamp>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run in place")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine (torchrun + DistributedDataParallel; "
+                   "one GPU each on CUDA); --batch-size stays the global batch")
     groups = {s: t.add_argument_group(f"{s} config") for s in ("model", "data", "train")}
     for name, (section, f) in all_fields().items():
         flag = "--" + name.replace("_", "-")
@@ -74,8 +87,9 @@ def build_parser() -> Parser:
     e.add_argument("--k", type=int, default=100, help="importance samples per example (5000 for papers)")
     e.add_argument("--naive", type=int, default=0, metavar="N",
                    help="also the naive estimate from N prior samples (shows why importance sampling is needed)")
-    e.add_argument("--chunk-size", type=int, default=16384,
-                   help="most (example, sample) pairs decoded at once; bounds memory, not results")
+    e.add_argument("--chunk-size", type=int, default=None,
+                   help="most (example, sample) pairs decoded at once; bounds memory, not results "
+                   "(default 2048 on CPU, 262144 on GPU)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--report", metavar="FILE.md", help="also write a Markdown report")
     e.add_argument("--batch-size", type=int, default=500)
@@ -139,8 +153,11 @@ def _dataset_arg(p: argparse.ArgumentParser) -> None:
 
 # --- commands -------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import is_main
     from .train import resume, train
 
+    if args.nproc is not None and args.nproc != 1:
+        return _launch_train(args)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
     if args.resume:
         if args.config:
@@ -165,17 +182,65 @@ def cmd_train(args: argparse.Namespace) -> int:
             **typed,
         )
     else:
-        config = RunConfig()
-        if args.config:
-            path = Path(args.config)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            config = RunConfig.from_json(path.read_text())
-        config = config.replace(**overrides)
+        config = _train_config(args, overrides)
         result = train(config, args.out, progress=not args.no_progress)
-    _print_summary(result.metrics)
-    print(result.run_dir)
+    if is_main():  # under torchrun, one summary and one run directory
+        _print_summary(result.metrics)
+        print(result.run_dir)
     return 0
+
+
+def _train_config(args: argparse.Namespace, overrides: dict[str, Any]) -> RunConfig:
+    config = RunConfig()
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        config = RunConfig.from_json(path.read_text())
+    return config.replace(**overrides)
+
+
+def _launch_train(args: argparse.Namespace) -> int:
+    """``aevb train --nproc N ...``: ``aevb train ...`` in N processes under torchrun."""
+    from . import distributed
+    from .train import default_run_dir
+
+    if args.nproc < 1:
+        raise ConfigError("--nproc must be >= 1")
+    if distributed.launched_by_torchrun():
+        raise ConfigError("--nproc starts torchrun itself; drop it when launching with torchrun")
+    argv = _without_option(args.argv, "--nproc")
+    run = args.resume or args.out
+    if not args.resume:  # a bad flag fails here, once; every rank gets the same directory
+        overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+        config = _train_config(args, overrides)
+        distributed.check_batch_size(config.train.batch_size, args.nproc)
+        if run is None:
+            run = str(default_run_dir(config))
+            argv += ["--out", run]
+    code = distributed.launch(args.nproc, argv)
+    if code != 0:
+        hint = ""
+        if (Path(run) / ckpt.STATE_FILE).is_file():
+            hint = (f"; continue from its last checkpoint with "
+                    f"`aevb train --resume {run} --nproc {args.nproc}`")
+        print(f"aevb train: error: the {args.nproc}-process run stopped (torchrun exit status "
+              f"{code}; the failing rank's error is above){hint}", file=sys.stderr)
+    return code
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` less ``name VALUE`` and ``name=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 def _section_cls(section: str) -> type:
@@ -220,7 +285,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, markdown_report
 
     for name in ("k", "chunk_size", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     if args.naive < 0:
         raise ConfigError("--naive must be >= 0")
@@ -274,7 +339,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     model = _load(args.run)
     ds = _run_dataset(args.run, args.dataset)
-    x = ds.tensor(args.split)[: args.n]
+    x = ds.head(args.split, args.n)
     out = _default_out(args.run, args.out, "reconstruct.png")
     x_hat = model.reconstruct(x)
     _save_npy(out.with_suffix(".npy"), x_hat.numpy())
@@ -290,7 +355,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise ConfigError("--steps must be >= 2")
     model = _load(args.run)
     ds = _run_dataset(args.run)
-    x = ds.tensor(args.split)[: 2 * args.pairs]
+    x = ds.head(args.split, 2 * args.pairs)
     out = _default_out(args.run, args.out, "interpolate.png")
     plot_interpolation(model, x, out, args.steps, args.slerp, _value_range(args.run))
     print(out)
@@ -393,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``aevb`` and ``python -m aevb``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc` to pass on
     if args.version:
         from . import __version__
 
@@ -404,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except AevbError as e:
-        print(f"aevb {args.command}: error: {e}", file=sys.stderr)
+        from .distributed import rank_tag  # "" in one process, " on rank R of N" under torchrun
+
+        print(f"aevb {args.command}: error{rank_tag()}: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"aevb {args.command}: interrupted (training state saved; continue with --resume)", file=sys.stderr)

@@ -58,7 +58,7 @@ class DataConfig:
 
     dataset: str = _f(
         "digits",
-        "dataset name (see `aevb datasets`) or a path: an image folder, .npy/.npz arrays, a .csv table",
+        "dataset name (see `aevb datasets`) or a path: image folder, .npy/.npz arrays, .csv table",
     )
     data_dir: str | None = _f(
         None, "folder holding downloaded datasets (default $AEVB_DATA or ~/.cache/aevb)"
@@ -66,7 +66,7 @@ class DataConfig:
     split_seed: int = _f(0, "seed of the held-out split for sources that have none")
     valid_fraction: float = _f(0.1, "fraction held out for validation when the source has no split")
     test_fraction: float = _f(0.1, "fraction held out for test when the source has no split")
-    synthetic_size: int = _f(5000, "number of examples generated for synthetic datasets (ring, ...)")
+    synthetic_size: int = _f(5000, "examples generated for synthetic datasets (ring, moons, ...)")
     binarize: str = _f(
         "none",
         "grayscale data in [0, 1]: 'dynamic' draws every training pixel afresh from Bernoulli(x) "
@@ -77,7 +77,7 @@ class DataConfig:
         (), "image folders: resize every image to H,W (one number: square); empty keeps the size"
     )
     columns: str | None = _f(
-        None, "CSV tables: comma-separated names of the numeric columns to use (default: all)"
+        None, "CSV tables: comma-separated names of the numeric columns to use; none: all of them"
     )
     memory_budget_mb: int = _f(
         2048, "image folders larger than this (as float32) are read from disk by DataLoader workers"

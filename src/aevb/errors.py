@@ -20,3 +20,7 @@ class DataError(AevbError, ValueError):
 
 class CheckpointError(AevbError):
     """A run directory or weights file that is missing, corrupt or inconsistent."""
+
+
+class DistributedError(AevbError):
+    """A distributed run that cannot start or lost one of its processes."""

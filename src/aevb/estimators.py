@@ -47,7 +47,7 @@ def chunk_samples(k: int, batch: int, chunk_size: int) -> int:
 
 @torch.inference_mode()
 def importance_weighted(
-    model: nn.Module, x: Tensor, k: int, chunk_size: int = 16384, seed: int = 0
+    model: nn.Module, x: Tensor, k: int, chunk_size: int = 2048, seed: int = 0
 ) -> dict[str, Tensor]:
     """IW estimate of log p(x) and, from the same samples, the ELBO's two terms.
 
@@ -95,7 +95,7 @@ def importance_weighted(
 
 
 @torch.inference_mode()
-def naive_prior(model: nn.Module, x: Tensor, n: int, chunk_size: int = 16384, seed: int = 0) -> Tensor:
+def naive_prior(model: nn.Module, x: Tensor, n: int, chunk_size: int = 2048, seed: int = 0) -> Tensor:
     """Naive Monte-Carlo ``log (1/n) sum_i p(x|z_i)``, ``z_i ~ p(z)``: ``[B, *event]`` -> ``[B]``.
 
     The same prior samples are shared by all examples of the batch (they do not depend

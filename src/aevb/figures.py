@@ -204,16 +204,15 @@ def draw_run_figures(run_dir: str | Path, model: nn.Module, dataset: Dataset, se
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         paths.append(plot_curves(ckpt.read_metrics(run_dir), out / "curves.png"))
-        test = dataset.tensor("test")
         if shape == (2,):
-            n = min(len(test), 2000)
-            samples = model.sample(n, mean=False)
-            paths.append(plot_2d_data_vs_samples(test[:n], samples, out / "samples.png"))
+            test = dataset.head("test", 2000)
+            samples = model.sample(len(test), mean=False)
+            paths.append(plot_2d_data_vs_samples(test, samples, out / "samples.png"))
         else:
             paths.append(plot_samples(model.sample(64), out / "samples.png", vr))
-            x = test[:16].to(device)
+            x = dataset.head("test", 16).to(device)
             paths.append(plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png", vr))
-            paths.append(plot_interpolation(model, test[:10].to(device), out / "interpolation.png", value_range=vr))
+            paths.append(plot_interpolation(model, x[:10], out / "interpolation.png", value_range=vr))
         mu = torch.cat([model.embed(b.to(device)) for b in dataset.eval_batches("test", 1000)])
         paths.append(plot_latents(mu, dataset.labels("test"), out / "latents.png"))
         if model.config.latent_dim == 2:

@@ -8,6 +8,12 @@ Adam for the configured steps or epochs, validates after every epoch, logs to
 Determinism: the data order is a function of (seed, epoch); the sampling noise comes
 from the global torch RNG, seeded once and saved in every checkpoint; evaluation runs on
 a forked RNG so it never disturbs that stream.
+
+Scale-out (see :mod:`aevb.distributed` for the launch commands): under torchrun every
+rank runs this same function. Each takes its slice of every global batch (and of its
+noise), DistributedDataParallel averages the gradients, metric sums are all-reduced
+before they are logged, validation is sharded, and only rank 0 writes files. With one
+process all of this reduces to the plain loop (world size 1).
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import RunConfig
 from .data import Dataset, load_dataset, shard_range
 from .errors import AevbError, ConfigError
-from .evaluate import MeanAccumulator, evaluate_elbo
+from .evaluate import MeanAccumulator, all_reduce_, elbo_sums
 from .models import build_model
 
 
@@ -45,7 +52,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        raise ConfigError(
+            "--device cuda was asked for but no CUDA device is available; use --device cpu"
+        )
     return torch.device(name)
 
 
@@ -86,58 +95,78 @@ def train(
 ) -> TrainResult:
     """Train (or, with ``resume=True``, continue) a run.
 
+    Under torchrun (``aevb train --nproc N``) every process calls this; they join one
+    process group for the duration of the call.
+
     Args:
-        config: the run's configuration.
+        config: the run's configuration; ``batch_size`` is the global batch.
         out_dir: the run directory (default ``runs/<dataset>-<timestamp>``).
         dataset: use this dataset instead of loading ``config.data``.
         resume: continue the run in ``out_dir`` from its training state.
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only).
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (on every rank).
     """
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
-    tc = config.train
-    device = resolve_device(tc.device)
+    with distributed.session(resolve_device(config.train.device)) as ctx:
+        return _train(config, out_dir, dataset, resume, progress, ctx)
 
-    # 1. Data: one tensor per split, on the device.
+
+def _train(
+    config: RunConfig,
+    out_dir: str | Path | None,
+    dataset: Dataset | None,
+    resume: bool,
+    progress: bool,
+    ctx: distributed.Context,
+) -> TrainResult:
+    tc = config.train
+    device = ctx.device
+    distributed.check_batch_size(tc.batch_size, ctx.world_size)
+    # Rank 0's choice, so that every rank agrees on a default timestamped directory.
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
+    run_dir = distributed.broadcast(run_dir)
+
+    # 1. Data: one tensor per split, on the device; this rank's slice of each global batch.
     dataset = dataset if dataset is not None else load_dataset(config.data)
     config = resolve_model_config(config, dataset)
     dataset.to(device)
     spe = dataset.steps_per_epoch(tc.batch_size)
-    noise_lo, noise_hi = shard_range(tc.batch_size, 0, 1)
+    noise_lo, noise_hi = shard_range(tc.batch_size, ctx.rank, ctx.world_size)
     n_steps = total_steps(config, spe)
 
-    # 2. Model and optimizer, seeded.
+    # 2. Model and optimizer, seeded: every rank builds the same model and RNG stream.
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
-    model.likelihood.check_data(dataset.tensor("train"))
+    for x in dataset.eval_batches("train", tc.eval_batch_size):  # batch-wise: data may be on disk
+        model.likelihood.check_data(x)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    step_fn = model if not tc.compile else torch.compile(model)
 
     state = {"step": 0, "epoch": 0, "best_valid": math.inf, "bad_epochs": 0, "wall_time_s": 0.0,
              "stopped_early": False}
     if resume:
+        # One training state per run, written by rank 0 at any world size, read by all.
         state.update(ckpt.load_training_state(run_dir, model, optimizer))
-        ckpt.truncate_metrics(run_dir, state["step"])
-    else:
-        if (run_dir / ckpt.STATE_FILE).exists():
-            raise AevbError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.save_config(run_dir, config, _info_dict(dataset))
+        distributed.sync_device_rng(device)
+    distributed.on_main(_prepare_run_dir, run_dir, config, dataset, resume, state["step"])
+    # DDP averages the gradients; `model` stays the plain module we evaluate and save.
+    step_fn = distributed.wrap(model, ctx)
+    step_fn = torch.compile(step_fn) if tc.compile else step_fn
 
     best_weights: dict[str, torch.Tensor] | None = None
     t0 = time.perf_counter() - state["wall_time_s"]
-    bar = tqdm(total=n_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=n_steps, initial=state["step"], desc="train", unit="step",
+               disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
     model.train()
     try:
         while state["step"] < n_steps and not state["stopped_early"]:
             epoch = state["epoch"]
             start = state["step"] - epoch * spe
             acc = MeanAccumulator()
+            batches = dataset.train_batches(tc.batch_size, tc.seed, epoch, start_step=start,
+                                            rank=ctx.rank, world_size=ctx.world_size)
             # 3. The hot loop: no host sync except the occasional progress-bar refresh.
-            for x in dataset.train_batches(tc.batch_size, tc.seed, epoch, start_step=start):
+            for x in batches:
                 # Noise for the whole global batch, this rank's slice: every world size
                 # sees the same noise per example (rank 0 of 1 takes all of it).
                 eps = model.noise(tc.batch_size, device)[:, noise_lo:noise_hi]
@@ -151,10 +180,11 @@ def train(
                 acc.add(loss=out.loss, neg_elbo=out.neg_elbo, recon_nll=out.recon_nll, kl=out.kl)
                 state["step"] += 1
                 bar.update(1)
-                if state["step"] % tc.log_every == 0 and progress:
-                    bar.set_postfix_str(f"epoch {epoch} neg-ELBO {float(acc.sums['neg_elbo']) / acc.n:.3f} nats")
+                if state["step"] % tc.log_every == 0 and progress and ctx.is_main:
+                    mean = float(acc.sums["neg_elbo"]) / acc.n  # this rank's slice only
+                    bar.set_postfix_str(f"epoch {epoch} neg-ELBO {mean:.3f} nats")
                 if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
-                    _checkpoint(run_dir, model, optimizer, state, t0)
+                    distributed.on_main(_checkpoint, run_dir, model, optimizer, state, t0)
                 if state["step"] >= n_steps:
                     break
             epoch_done = state["step"] - epoch * spe >= spe
@@ -162,7 +192,7 @@ def train(
                 state["epoch"] += 1
             # 4. Validation after every epoch (and at the very end), then log and checkpoint.
             if epoch_done or state["step"] >= n_steps:
-                record = _log_epoch(run_dir, model, dataset, config, state, acc, t0)
+                record = _log_epoch(run_dir, model, dataset, config, state, acc, t0, ctx)
                 valid = record["valid_neg_elbo"]
                 if not math.isfinite(record.get("train_neg_elbo", 0.0)) or not math.isfinite(valid):
                     raise AevbError(
@@ -172,32 +202,28 @@ def train(
                 if valid < state["best_valid"]:
                     state["best_valid"], state["bad_epochs"] = valid, 0
                     if tc.patience is not None:
-                        best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        best_weights = {k: v.detach().clone()
+                                        for k, v in model.state_dict().items()}
                 else:
                     state["bad_epochs"] += 1
                     if tc.patience is not None and state["bad_epochs"] >= tc.patience:
                         state["stopped_early"] = True
-                _checkpoint(run_dir, model, optimizer, state, t0)
+                distributed.on_main(_checkpoint, run_dir, model, optimizer, state, t0)
     except KeyboardInterrupt:
-        _checkpoint(run_dir, model, optimizer, state, t0)
+        if ctx.is_main:  # no collective here: the other ranks may be gone already
+            _checkpoint(run_dir, model, optimizer, state, t0)
         raise
     finally:
         bar.close()
 
-    # 5. The artifact: the best weights under early stopping, else the last.
+    # 5. The artifact: the best weights under early stopping, else the last (rank 0 writes).
     if best_weights is not None:
         final = build_model(config.model).to(device)
         final.load_state_dict(best_weights)
-        ckpt.save_model(final, run_dir)
     else:
         final = model
-        ckpt.save_model(model, run_dir)
     final.eval()
-    metrics = ckpt.read_metrics(run_dir)[-1] if ckpt.read_metrics(run_dir) else {}
-    if tc.figures:
-        from .figures import draw_run_figures
-
-        draw_run_figures(run_dir, final, dataset)
+    metrics = distributed.on_main(_write_artifact, run_dir, final, dataset, tc.figures)
     return TrainResult(run_dir, final, metrics, config)
 
 
@@ -212,7 +238,7 @@ def resume(
     """Continue the run in ``run_dir`` up to ``steps`` (or ``epochs``) in total.
 
     N steps straight through and N/2 steps followed by ``resume(run, steps=N)`` give
-    bit-identical weights on the CPU.
+    bit-identical weights on the CPU (at the same world size).
     """
     config = ckpt.load_config(run_dir)
     overrides = dict(train_overrides)
@@ -225,26 +251,75 @@ def resume(
     return train(config, run_dir, resume=True, progress=progress)
 
 
-def _checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, t0: float) -> None:
+# --- what rank 0 writes -----------------------------------------------------------------
+def _prepare_run_dir(
+    run_dir: Path, config: RunConfig, dataset: Dataset, resume: bool, step: int
+) -> None:
+    if resume:
+        ckpt.truncate_metrics(run_dir, step)
+    else:
+        if (run_dir / ckpt.STATE_FILE).exists():
+            raise AevbError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                "or pick another --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.save_config(run_dir, config, _info_dict(dataset))
+
+
+def _checkpoint(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, t0: float
+) -> None:
     state["wall_time_s"] = time.perf_counter() - t0
     ckpt.save_training_state(run_dir, model, optimizer, dict(state))
 
 
+def _write_artifact(
+    run_dir: Path, model: nn.Module, dataset: Dataset, figures: bool
+) -> dict[str, Any]:
+    """Write the model (and figures); return the last metrics record."""
+    ckpt.save_model(model, run_dir)
+    metrics = ckpt.read_metrics(run_dir)
+    if figures:
+        from .figures import draw_run_figures
+
+        draw_run_figures(run_dir, model, dataset)
+    return metrics[-1] if metrics else {}
+
+
 def _log_epoch(
     run_dir: Path, model: nn.Module, dataset: Dataset, config: RunConfig, state: dict,
-    acc: MeanAccumulator, t0: float,
+    acc: MeanAccumulator, t0: float, ctx: distributed.Context,
 ) -> dict[str, Any]:
     tc = config.train
     record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"]}
+    all_reduce_(acc)  # the sums (and n) of every rank's slice: the global batch's means
     if acc.n:
         train_means = acc.result()
         record.update({f"train_{k}": v for k, v in train_means.items() if not k.endswith("_se")})
-    valid = evaluate_elbo(model, dataset, "valid", tc.eval_batch_size, seed=tc.seed)
-    record.update({f"valid_{k}": v for k, v in valid.items() if not k.endswith("_se") and k != "n_examples"})
+    valid = _validate(model, dataset, tc.eval_batch_size, tc.seed, ctx)
+    record.update({f"valid_{k}": v for k, v in valid.items() if not k.endswith("_se")})
     record["wall_time_s"] = round(time.perf_counter() - t0, 3)
     model.train()
-    ckpt.append_metrics(run_dir, record)
+    if ctx.is_main:
+        ckpt.append_metrics(run_dir, record)
     return record
+
+
+def _validate(
+    model: nn.Module, dataset: Dataset, batch_size: int, seed: int, ctx: distributed.Context
+) -> dict[str, float]:
+    """neg-ELBO, recon NLL and KL on the whole valid split, each rank scoring its shard.
+
+    As :func:`aevb.evaluate.evaluate_elbo`, except that a rank left without a batch (a
+    split of fewer batches than ranks) still takes part in the reduction with zero sums.
+    """
+    batches = dataset.indexed_eval_batches("valid", batch_size, ctx.rank, ctx.world_size)
+    acc = elbo_sums(model, batches, seed)
+    for key in ("neg_elbo", "recon_nll", "kl", "loss"):
+        for sums in (acc.sums, acc.sq_sums):
+            sums.setdefault(key, torch.zeros((), dtype=torch.float64, device=ctx.device))
+    return all_reduce_(acc).result()
 
 
 def _info_dict(dataset: Dataset) -> dict[str, Any]:

@@ -1,43 +1,72 @@
 """Where data enters aevb: named datasets (a registry) and user files, one contract.
 
 ``load_dataset(DataConfig(...))`` returns a :class:`~aevb.data.base.Dataset`; see
-``base.py`` for the contract every source meets. One module per source format.
+``base.py`` for the contract every source meets. One module per source format:
+
+* named: ``builtin`` (digits, ring, moons, gaussians), ``binarized_mnist``, ``idx``
+  (mnist, fashion-mnist, kmnist), ``frey_face``, ``cifar10`` -- files fetched and
+  checksummed by ``download``;
+* user paths: ``images`` (a folder), ``arrays`` (.npy/.npz), ``tables`` (.csv); folders
+  over ``--memory-budget-mb`` are served from disk by ``streaming``;
+* Python objects: ``tensors`` (:func:`from_tensor`, :func:`from_torch_dataset`).
+
+``--binarize`` is applied here, after loading, to whatever source (``binarize``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import DataError
-from . import builtin  # noqa: F401  (registers the built-in datasets)
+from . import binarized_mnist, builtin, cifar10, frey_face, idx  # noqa: F401  (register datasets)
 from .arrays import load_array_file
 from .base import SPLITS, Dataset, DatasetInfo, epoch_permutation, shard_range
+from .binarize import binarize_dataset
+from .download import data_root
+from .images import load_image_folder
 from .registry import DATASETS, register_dataset
+from .streaming import StreamingDataset
+from .tables import load_csv
+from .tensors import from_tensor, from_torch_dataset
 
-# User files, by suffix: each kind of user data registers its reader here.
-FILE_LOADERS = {".npy": load_array_file, ".npz": load_array_file}
+# User data, by what the path is: each kind registers its reader here. A directory is
+# read by FOLDER_LOADER; files by their suffix.
+FILE_LOADERS: dict[str, Callable[[Path, DataConfig], Dataset]] = {
+    ".npy": load_array_file,
+    ".npz": load_array_file,
+    ".csv": load_csv,
+}
+FOLDER_LOADER: Callable[[Path, DataConfig], Dataset] = load_image_folder
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Load the dataset named (or pointed to) by ``config.dataset``.
+    """Load the dataset named (or pointed to) by ``config.dataset``, then apply ``--binarize``.
 
     Raises:
         DataError: unknown name, unreadable file, or data that breaks the contract.
     """
+    return binarize_dataset(_load(config), config.binarize, config.split_seed)
+
+
+def _load(config: DataConfig) -> Dataset:
     name = config.dataset
     if name in DATASETS:
         return DATASETS[name].load(config)
     path = Path(name).expanduser()
+    if path.is_dir():
+        return FOLDER_LOADER(path, config)
     if path.exists():
         loader = FILE_LOADERS.get(path.suffix.lower())
         if loader is None:
             raise DataError(
-                f"cannot read {path}: supported user files are {sorted(FILE_LOADERS)}"
+                f"cannot read {path}: give a folder of images or a file ending in "
+                f"{', '.join(sorted(FILE_LOADERS))}"
             )
         return loader(path, config)
-    if any(sep in name for sep in "/\\.") :
-        raise DataError(f"data file {name} does not exist")
+    if any(sep in name for sep in "/\\."):
+        raise DataError(f"data path {name} does not exist")
     raise DataError(
         f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or give a path to your data"
     )
@@ -46,10 +75,15 @@ def load_dataset(config: DataConfig) -> Dataset:
 __all__ = [
     "DATASETS",
     "FILE_LOADERS",
+    "FOLDER_LOADER",
     "SPLITS",
     "Dataset",
     "DatasetInfo",
+    "StreamingDataset",
+    "data_root",
     "epoch_permutation",
+    "from_tensor",
+    "from_torch_dataset",
     "load_dataset",
     "register_dataset",
     "shard_range",

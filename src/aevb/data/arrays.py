@@ -31,7 +31,9 @@ def _read(path: Path) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except ValueError as e:
         if "pickle" in str(e):
-            raise DataError(f"{path} holds Python objects; aevb never unpickles data: save a numeric array") from None
+            raise DataError(
+                f"{path} holds Python objects; aevb never unpickles data: save a numeric array"
+            ) from None
         raise DataError(f"cannot read {path}: {e}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
@@ -55,7 +57,9 @@ def to_examples(a: np.ndarray, name: str) -> tuple[torch.Tensor, dict]:
         x = x.unsqueeze(1)
     elif a.ndim == 4:
         if a.shape[-1] not in (1, 3, 4):
-            raise DataError(f"{name} has shape {a.shape}; 4-D arrays must be N x H x W x C with C in 1, 3, 4")
+            raise DataError(
+                f"{name} has shape {a.shape}; 4-D arrays must be N x H x W x C with C in 1, 3, 4"
+            )
         x = x.permute(0, 3, 1, 2).contiguous()
         transform["channels_last"] = True
     check_finite(x, name)
@@ -90,7 +94,9 @@ def load_array_file(path: Path, config: DataConfig) -> Dataset:
             if len(y_arr) != len(x):
                 raise DataError(f"{path}: {len(y_arr)} labels for {len(x)} examples")
             y = torch.from_numpy(np.asarray(y_arr).astype(np.int64))
-        splits, labels = random_splits(x, y, config.valid_fraction, config.test_fraction, config.split_seed)
+        splits, labels = random_splits(
+            x, y, config.valid_fraction, config.test_fraction, config.split_seed
+        )
     lo = min(float(x.min()) for x in splits.values())
     hi = max(float(x.max()) for x in splits.values())
     likelihood = "bernoulli" if lo >= 0.0 and hi <= 1.0 else "gaussian"

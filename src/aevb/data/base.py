@@ -9,6 +9,13 @@ commands reproduce it.
 Batches: ``train_batches`` draws a fresh permutation of the training split from
 (seed, epoch) alone, so a resumed run and every rank of a distributed run agree on it;
 ``eval_batches`` walks a split in order and covers every example exactly once.
+``prepare_train`` is the per-use transform of a training batch (dynamic binarisation).
+
+In memory (every named dataset, and user data under ``--memory-budget-mb``) a split is
+one tensor, moved to the accelerator by :meth:`Dataset.to`, and batches are slices of it.
+Above the budget, :class:`~aevb.data.streaming.StreamingDataset` answers the same calls
+with the same batches, read from disk by DataLoader workers; code that needs only a few
+examples should ask for :meth:`Dataset.head` rather than the whole :meth:`Dataset.tensor`.
 """
 
 from __future__ import annotations
@@ -79,7 +86,9 @@ class Dataset:
         self._labels = labels or {}
         for s, x in self.splits.items():
             if x.shape[1:] != tuple(info.shape):
-                raise DataError(f"split {s} has examples of shape {tuple(x.shape[1:])}, expected {info.shape}")
+                raise DataError(
+                    f"split {s} has examples of shape {tuple(x.shape[1:])}, expected {info.shape}"
+                )
             if len(x) == 0:
                 raise DataError(f"split {s} of dataset {info.name} is empty")
 
@@ -95,6 +104,10 @@ class Dataset:
         """Integer labels ``[N]`` of a split, or None."""
         self._split(split)
         return self._labels.get(split)
+
+    def head(self, split: str, n: int) -> Tensor:
+        """The first ``n`` examples of a split ``[min(n, N), *shape]`` (cheap for every source)."""
+        return self._split(split)[:n]
 
     def to(self, device: torch.device | str) -> Dataset:
         self.splits = {s: x.to(device) for s, x in self.splits.items()}
@@ -127,12 +140,13 @@ class Dataset:
         n = self.size("train")
         if batch_size > n:
             raise DataError(
-                f"--batch-size {batch_size} exceeds the {n} training examples; use --batch-size {n} or less"
+                f"--batch-size {batch_size} exceeds the {n} training examples; "
+                f"use --batch-size {n} or less"
             )
         return n // batch_size
 
     def prepare_train(self, batch: Tensor) -> Tensor:
-        """Per-use transform of a training batch (identity; e.g. dynamic binarisation overrides it)."""
+        """Per-use transform of a training batch (identity; dynamic binarisation overrides it)."""
         return batch
 
     def eval_batches(
@@ -172,19 +186,58 @@ def random_splits(
     x: Tensor, y: Tensor | None, valid_fraction: float, test_fraction: float, seed: int
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
     """Hold out valid and test parts of a source that has no split, reproducibly from ``seed``."""
+    parts = split_indices(len(x), valid_fraction, test_fraction, seed)
+    xs = {s: x[i] for s, i in parts.items()}
+    ys = {s: y[i] for s, i in parts.items()} if y is not None else None
+    return xs, ys
+
+
+def holdout_valid(
+    x: Tensor, y: Tensor | None, valid_fraction: float, seed: int
+) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
+    """Split an official training set into (train, valid), reproducibly from ``seed``.
+
+    For sources with an official test split but no validation split (MNIST, CIFAR-10): a
+    random ``valid_fraction`` of the training examples (``--valid-fraction``, drawn with
+    ``--split-seed``) is held out; both parts keep the original order.
+    """
     n = len(x)
-    if not (0 < valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
+    if not 0 < valid_fraction < 1:
+        raise DataError("--valid-fraction must be in (0, 1)")
+    n_valid = max(1, round(n * valid_fraction))
+    if n - n_valid < 1:
+        raise DataError(f"{n} examples are too few to hold out a validation split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    valid_idx = perm[:n_valid].sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[valid_idx] = False
+    train_idx = keep.nonzero().squeeze(1)
+
+    def take(i: Tensor) -> tuple[Tensor, Tensor | None]:
+        return x[i], (y[i] if y is not None else None)
+
+    return take(train_idx), take(valid_idx)
+
+
+def split_indices(
+    n: int, valid_fraction: float, test_fraction: float, seed: int
+) -> dict[str, Tensor]:
+    """Indices ``[n_split]`` of the train, valid and test parts of ``n`` unsplit examples.
+
+    A permutation drawn from ``seed``: its first ``round(n * test_fraction)`` entries are
+    the test split, the next ``round(n * valid_fraction)`` the validation split, the rest
+    training (each in permutation order). The same for in-memory and from-disk sources.
+    """
+    in_range = 0 < valid_fraction < 1 and 0 < test_fraction < 1
+    if not (in_range and valid_fraction + test_fraction < 1):
         raise DataError("--valid-fraction and --test-fraction must be in (0, 1) and sum below 1")
     n_valid = max(1, round(n * valid_fraction))
     n_test = max(1, round(n * test_fraction))
     if n - n_valid - n_test < 1:
         raise DataError(f"{n} examples are too few to hold out a validation and a test split")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts = {
-        "test": perm[:n_test],
-        "valid": perm[n_test : n_test + n_valid],
+    return {
         "train": perm[n_test + n_valid :],
+        "valid": perm[n_test : n_test + n_valid],
+        "test": perm[:n_test],
     }
-    xs = {s: x[i] for s, i in parts.items()}
-    ys = {s: y[i] for s, i in parts.items()} if y is not None else None
-    return xs, ys

@@ -22,7 +22,9 @@ def load_digits(config: DataConfig) -> Dataset:
     bunch = sk_load_digits()
     x = torch.tensor(bunch.data, dtype=torch.float32).div_(16.0).view(-1, 1, 8, 8)
     y = torch.tensor(bunch.target, dtype=torch.int64)
-    splits, labels = random_splits(x, y, config.valid_fraction, config.test_fraction, config.split_seed)
+    splits, labels = random_splits(
+        x, y, config.valid_fraction, config.test_fraction, config.split_seed
+    )
     info = DatasetInfo(
         "digits", (1, 8, 8), (0.0, 1.0), True, "bernoulli",
         "scikit-learn 8x8 digits scaled from 0..16 to [0, 1]",
@@ -31,8 +33,12 @@ def load_digits(config: DataConfig) -> Dataset:
     return Dataset(info, splits, labels)
 
 
-def _synthetic(name: str, x: torch.Tensor, config: DataConfig, description: str, y=None) -> Dataset:
-    splits, labels = random_splits(x, y, config.valid_fraction, config.test_fraction, config.split_seed)
+def _synthetic(
+    name: str, x: torch.Tensor, config: DataConfig, description: str, y=None
+) -> Dataset:
+    splits, labels = random_splits(
+        x, y, config.valid_fraction, config.test_fraction, config.split_seed
+    )
     lo, hi = float(x.min()), float(x.max())
     info = DatasetInfo(
         name, (2,), (lo, hi), y is not None, "gaussian-shared", description,
@@ -55,7 +61,8 @@ def load_ring(config: DataConfig) -> Dataset:
 
 @register_dataset(
     "moons",
-    "2-D two interleaved half-moons (scikit-learn make_moons, noise 0.05), labels 0/1; gaussian-shared",
+    "2-D two interleaved half-moons (scikit-learn make_moons, noise 0.05), labels 0/1; "
+    "gaussian-shared",
 )
 def load_moons(config: DataConfig) -> Dataset:
     from sklearn.datasets import make_moons
@@ -69,7 +76,8 @@ def load_moons(config: DataConfig) -> Dataset:
 
 @register_dataset(
     "gaussians",
-    "2-D mixture of 8 Gaussians (std 0.1) evenly spaced on the unit circle, labels 0-7; gaussian-shared",
+    "2-D mixture of 8 Gaussians (std 0.1) evenly spaced on the unit circle, labels 0-7; "
+    "gaussian-shared",
 )
 def load_gaussians(config: DataConfig) -> Dataset:
     g = torch.Generator().manual_seed(config.split_seed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import logging
 import os
@@ -42,7 +43,7 @@ TIMEOUT_S = 60.0
 
 
 def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding the named datasets: ``data_dir``, else ``$AEVB_DATA``, else ``~/.cache/aevb``."""
+    """The folder of the named datasets: ``data_dir``, else ``$AEVB_DATA``, else ~/.cache/aevb."""
     if data_dir:
         return Path(data_dir).expanduser()
     env = os.environ.get(ENV_VAR)
@@ -132,7 +133,9 @@ def read_hashed(path: Path) -> tuple[bytes, str, str]:
     parts: list[bytes] = []
     with open(path, "rb") as f:
         raw = _HashingReader(f)
-        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw  # type: ignore[assignment]
+        stream: io.RawIOBase | gzip.GzipFile = raw
+        if path.name.endswith(".gz"):
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
         try:
             while chunk := stream.read(CHUNK):
                 content_sha.update(chunk)
@@ -156,6 +159,25 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def verify(remote: RemoteFile, path: Path) -> str:
+    """Check the file ``path`` (one of ``remote.variants()``) against ``remote``.
+
+    Returns:
+        the SHA-256 of the file's bytes.
+
+    Raises:
+        DataError: the checksum is wrong.
+    """
+    if path.name == remote.name:
+        file_sha = sha256_file(path)
+        if remote.sha256 is None or file_sha == remote.sha256 or not remote.gzipped:
+            check(remote, path, file_sha, file_sha)
+            return file_sha
+    _, file_sha, content_sha = read_hashed(path)
+    check(remote, path, file_sha, content_sha)
+    return file_sha
+
+
 def find_verified(remote: RemoteFile, folder: Path) -> Path | None:
     """The verified copy of ``remote`` in ``folder``, or None when there is none.
 
@@ -165,43 +187,47 @@ def find_verified(remote: RemoteFile, folder: Path) -> Path | None:
     for name in remote.variants():
         path = folder / name
         if path.is_file():
-            _, file_sha, content_sha = read_hashed(path)
-            check(remote, path, file_sha, content_sha)
+            verify(remote, path)
             return path
     return None
 
 
 def check(remote: RemoteFile, path: Path, file_sha: str, content_sha: str) -> None:
     """Raise :class:`DataError` unless the hashes of ``path`` are those of ``remote``."""
-    if remote.sha256 is None:
-        logger.warning(
-            "%s has no published checksum; accepted on its structure (sha256 %s)", path, file_sha
-        )
+    if remote.sha256 is None:  # warned about at download; the loader checks the structure
+        logger.info("%s has no published checksum (sha256 %s)", path, file_sha)
         return
+    raw_sha = remote.content_sha256 if remote.gzipped else remote.sha256
+    if path.name != remote.name and raw_sha is None:
+        raise DataError(
+            f"{path}: no checksum of the decompressed file is published, so it cannot be "
+            f"verified; keep the official {remote.name} there instead (from {remote.urls[0]})"
+        )
     if not remote.accepts(path.name, file_sha, content_sha):
         got = file_sha if path.name == remote.name else content_sha
         raise DataError(
             f"{path} fails its checksum (sha256 {got}, expected {remote.expected(path.name)}): "
-            f"it is corrupt or not the official file; delete it to download it again from {remote.urls[0]}"
+            "it is corrupt or not the official file; delete it to download it again from "
+            f"{remote.urls[0]}"
         )
 
 
-def read_verified(remote: RemoteFile, folder: Path, progress: bool | None = None) -> tuple[bytes, str]:
+def read_verified(
+    remote: RemoteFile, folder: Path, progress: bool | None = None
+) -> tuple[bytes, str]:
     """The checked content of ``remote`` (decompressed if gzipped), downloading it if absent.
 
+    Existing files are read, decompressed and hashed in a single pass.
+
     Returns:
-        ``(content, sha256 of the file on disk)``.
+        ``(content, sha256 of the content)``: the decompressed bytes and their hash.
     """
-    for name in remote.variants():
-        path = folder / name
-        if path.is_file():
-            content, file_sha, content_sha = read_hashed(path)
-            check(remote, path, file_sha, content_sha)
-            return content, file_sha
-    path = fetch(remote, folder, progress)
+    path = next((folder / n for n in remote.variants() if (folder / n).is_file()), None)
+    if path is None:
+        path = fetch(remote, folder, progress)
     content, file_sha, content_sha = read_hashed(path)
     check(remote, path, file_sha, content_sha)
-    return content, file_sha
+    return content, content_sha
 
 
 def fetch(remote: RemoteFile, folder: Path, progress: bool | None = None) -> Path:
@@ -220,17 +246,42 @@ def fetch(remote: RemoteFile, folder: Path, progress: bool | None = None) -> Pat
     if found is not None:
         return found
     target = folder / remote.name
-    errors = []
+    _check_writable(folder, remote.urls[0], target)
+    errors: list[str] = []
+    offline = True
     for url in remote.urls:
         try:
             download(url, target, remote.sha256, remote.size, progress)
             return target
         except _NetworkError as e:
             errors.append(f"{url}: {e}")
+        except DataError as e:  # truncated or wrong bytes: nothing saved; try the next mirror
+            if len(remote.urls) == 1:
+                raise
+            offline = False
+            errors.append(str(e))
+    if not offline:
+        raise DataError(f"no source of {remote.name} gave the official file: {'; '.join(errors)}")
     raise DataError(
         f"cannot download {remote.name} ({'; '.join(errors)}). Offline? Fetch {remote.urls[0]} "
         f"yourself and save it as {target} (or point --data-dir / ${ENV_VAR} at a folder holding "
         f"{folder.name}/{remote.name})"
+    )
+
+
+def _check_writable(folder: Path, url: str, target: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or str(e)
+    else:
+        # Honour a folder marked read-only even for root (whom os.access lets through).
+        if os.access(folder, os.W_OK) and folder.stat().st_mode & 0o222:
+            return
+        reason = "read-only"
+    raise DataError(
+        f"{target.name} is missing and {folder} cannot be written ({reason}); set --data-dir "
+        f"or ${ENV_VAR} to a writable folder, or download {url} yourself and save it as {target}"
     )
 
 
@@ -258,7 +309,9 @@ def download(
     """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
     except OSError as e:
         raise DataError(
             f"cannot write to {target.parent} ({e}); set --data-dir or ${ENV_VAR} to a writable "
@@ -272,7 +325,8 @@ def download(
             os.fsync(out.fileno())
         if expected_len is not None and n != expected_len:
             raise DataError(
-                f"download of {url} was truncated ({n} of {expected_len} bytes); run again to retry"
+                f"download of {url} was truncated ({n} of {expected_len} bytes); nothing was "
+                "saved; run again to retry"
             )
         if size is not None and n != size:
             raise DataError(
@@ -285,7 +339,7 @@ def download(
                 "nothing was saved; run again to retry"
             )
         if sha256 is None:
-            logger.warning("%s has no published checksum; downloaded file has sha256 %s", url, digest)
+            logger.warning("%s has no published checksum; the download has sha256 %s", url, digest)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -293,7 +347,9 @@ def download(
     return digest
 
 
-def _stream(url: str, out: BinaryIO, label: str, progress: bool | None) -> tuple[str, int, int | None]:
+def _stream(
+    url: str, out: BinaryIO, label: str, progress: bool | None
+) -> tuple[str, int, int | None]:
     """Copy ``url`` to ``out``; returns (sha256, bytes received, Content-Length or None)."""
     h = hashlib.sha256()
     n = 0
@@ -318,15 +374,9 @@ def _stream(url: str, out: BinaryIO, label: str, progress: bool | None) -> tuple
                 "run again to retry"
             ) from None
         raise _NetworkError(str(reason)) from None
-    except http_client_errors() as e:
+    except http.client.HTTPException as e:
         raise DataError(
-            f"download of {url} was cut off after {n} bytes ({type(e).__name__}); nothing was saved; "
-            "run again to retry"
+            f"download of {url} was cut off after {n} bytes ({type(e).__name__}); "
+            "nothing was saved; run again to retry"
         ) from None
     return h.hexdigest(), n, expected
-
-
-def http_client_errors() -> tuple[type[BaseException], ...]:
-    import http.client
-
-    return (http.client.IncompleteRead, http.client.RemoteDisconnected)

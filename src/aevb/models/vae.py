@@ -11,6 +11,7 @@ hierarchical latents) overrides the ones it changes.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -144,8 +145,13 @@ class VAE(nn.Module):
     # --- artifacts ------------------------------------------------------------------
     def save_pretrained(self, run_dir: str | Path) -> None:
         """Write ``model.safetensors`` and the model section of ``config.json`` into run_dir."""
-        from ..checkpoint import save_model
+        from ..checkpoint import CONFIG_FILE, read_config_dict, save_config, save_model
+        from ..config import RunConfig
 
+        # Keep the data/train sections (and dataset_info) of an existing run's config.
+        d = read_config_dict(run_dir) if (Path(run_dir) / CONFIG_FILE).is_file() else {}
+        config = RunConfig.from_dict({k: v for k, v in d.items() if k != "dataset_info"})
+        save_config(run_dir, replace(config, model=self.config), d.get("dataset_info"))
         save_model(self, run_dir)
 
     @classmethod

@@ -1,0 +1,307 @@
+"""Training speed: aevb's training loop against the PyTorch example's, and the matmul peak.
+
+Measures, in one run on one machine, training examples per second of the 784-400-20
+Bernoulli MLP VAE (ReLU, Adam, lr 1e-3) at batch 128 on 784-dimensional binary data
+(binarized MNIST when ``../shared/data`` has it, else synthetic binary data):
+
+  * aevb: ``aevb.train`` itself (the library path: the trainer's batches, noise, forward,
+    backward, Adam step and on-device metric sums);
+  * reference: the loop of pytorch/examples ``vae/main.py`` as written there — a
+    DataLoader over a TensorDataset (shuffle=True), the model as fc1/fc21/fc22/fc3/fc4
+    with a sigmoid then ``binary_cross_entropy``, ``loss.item()`` accumulated every step —
+    timed over the same number of steps from a fresh epoch;
+  * the dense-matmul peak: ``torch.mm`` alone on exactly the matrix products of one
+    training step (forward, input gradients and weight gradients of every layer), back
+    to back; also one large square product for the machine's best case.
+
+FLOP counting: a Linear layer (in a, out b) costs 2*n*a*b for its forward product at
+batch n; backward costs twice that (input gradient and weight gradient), so a step is
+3x the forward matmul FLOPs: 3 * 2 * 128 * (784*400 + 400*40 + 20*400 + 400*784)
+= 0.50 GFLOP (the encoder's fc21/fc22 counted as one 400->40 layer; elementwise work,
+and the unneeded input gradient of the first layer, ignored). The fraction of peak is
+(examples/s / 128) * FLOPs per step / peak.
+
+Timing: one optimizer-step hook (``register_optimizer_step_post_hook``, the same for both
+loops) stamps the end of every step; after ``--warmup`` steps, ``--steps`` steps are timed,
+so one-off costs (building the model, the final validation and checkpoint of
+``aevb.train``) fall outside the window. Each side is timed ``--repeats`` times,
+interleaved; the table gives the median over repeats of examples/s in the window (the
+JSON also has the rate from the median single-step time, steadier on a shared machine).
+
+Usage:
+    python benchmarks/train_speed.py                  # CPU, all threads torch uses
+    python benchmarks/train_speed.py --threads 1 --repeats 3 --json
+    python benchmarks/train_speed.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.data import DataLoader, TensorDataset
+
+import aevb
+from aevb import Dataset, DatasetInfo, RunConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data/binarized_mnist"
+HIDDEN, LATENT, D = 400, 20, 784
+# (in, out) of every matrix product of the model, as aevb builds it (fc21 and fc22 as one)
+LAYERS = [(D, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, D)]
+
+
+def load_data(n: int) -> tuple[torch.Tensor, str]:
+    """``[n, 784]`` binary float32: binarized MNIST train (the .amat text file), or synthetic."""
+    path = SHARED / "binarized_mnist_train.amat.gz"
+    if path.exists():
+        with gzip.open(path, "rb") as f:
+            chars = np.frombuffer(f.read(), dtype=np.uint8)
+        bits = chars[(chars == ord("0")) | (chars == ord("1"))] - ord("0")
+        x = torch.from_numpy(bits.reshape(-1, D)[:n].astype(np.float32))
+        return x, f"binarized MNIST train ({len(x):,} examples)"
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((n, D), 0.13), generator=g)
+    return x, f"synthetic binary ({n:,} examples, p=0.13)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --- the reference: pytorch/examples vae/main.py ------------------------------------------
+class ExampleVAE(nn.Module):
+    """The model of pytorch/examples ``vae/main.py``, as written there."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 400)
+        self.fc21 = nn.Linear(400, 20)
+        self.fc22 = nn.Linear(400, 20)
+        self.fc3 = nn.Linear(20, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z):
+        h3 = F.relu(self.fc3(z))
+        return torch.sigmoid(self.fc4(h3))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, 784))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def example_loss(recon_x, x, mu, logvar):
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def run_reference(x: torch.Tensor, n_steps: int, batch: int, device: torch.device) -> None:
+    """The example's training loop (one epoch, stopped after ``n_steps`` steps)."""
+    torch.manual_seed(0)
+    model = ExampleVAE().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, torch.zeros(len(x))), batch_size=batch, shuffle=True)
+    model.train()
+    train_loss = 0.0
+    for batch_idx, (data, _) in enumerate(loader):
+        if batch_idx == n_steps:
+            break
+        data = data.to(device)
+        optimizer.zero_grad()
+        recon_batch, mu, logvar = model(data)
+        loss = example_loss(recon_batch, data, mu, logvar)
+        loss.backward()
+        train_loss += loss.item()
+        optimizer.step()
+
+
+# --- aevb ------------------------------------------------------------------------------
+def run_aevb(dataset: Dataset, n_steps: int, batch: int, device: torch.device) -> None:
+    """``aevb.train`` for ``n_steps`` steps into a throwaway run directory."""
+    config = RunConfig().replace(
+        hidden=(HIDDEN,), latent_dim=LATENT, activation="relu", likelihood="bernoulli",
+        batch_size=batch, lr=1e-3, steps=n_steps, figures=False, device=device.type,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        aevb.train(config, Path(tmp) / "run", dataset=dataset, progress=False)
+
+
+class StepClock:
+    """Stamps the end of optimizer steps ``warmup`` .. ``warmup + steps`` (syncing CUDA there)."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device):
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.count, self.stamps = 0, []
+
+    def __call__(self, optimizer, args, kwargs) -> None:
+        self.count += 1
+        if self.warmup <= self.count <= self.warmup + self.steps:
+            if self.device.type == "cuda" and self.count in (self.warmup, self.warmup + self.steps):
+                torch.cuda.synchronize()
+            self.stamps.append(time.perf_counter())
+
+    def rates(self, batch: int) -> tuple[float, float]:
+        """(examples/s over the window, examples/s from the median step time)."""
+        if len(self.stamps) != self.steps + 1:
+            raise RuntimeError(f"timed {len(self.stamps) - 1} steps, expected {self.steps}")
+        gaps = np.diff(self.stamps)
+        return self.steps * batch / (self.stamps[-1] - self.stamps[0]), batch / np.median(gaps)
+
+
+def timed(run, warmup: int, steps: int, batch: int, device: torch.device) -> tuple[float, float]:
+    clock = StepClock(warmup, steps, device)
+    handle = register_optimizer_step_post_hook(clock)
+    try:
+        run(warmup + steps)
+    finally:
+        handle.remove()
+    return clock.rates(batch)
+
+
+# --- the matmul peak -------------------------------------------------------------------
+def step_matmuls(batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every product of one training step: forward, input grad, weight grad."""
+    shapes = []
+    for a, b in LAYERS:
+        shapes += [(batch, a, b), (batch, b, a), (b, batch, a)]
+    return shapes
+
+
+def forward_flops(batch: int) -> int:
+    return sum(2 * batch * a * b for a, b in LAYERS)
+
+
+def mm_rate(shapes: list[tuple[int, int, int]], device: torch.device, reps: int) -> float:
+    """FLOP/s of ``torch.mm`` over ``shapes`` back to back (best of 5 timings)."""
+    mats = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device))
+            for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    for a, b in mats:
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            for a, b in mats:
+                torch.mm(a, b)
+        sync(device)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return flops / best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=300, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--examples", type=int, default=50_000, help="training examples used")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batch = args.batch_size
+    x, source = load_data(args.examples)
+    if args.warmup + args.steps > len(x) // batch:
+        raise SystemExit(f"--warmup + --steps must fit in one epoch ({len(x) // batch} steps)")
+
+    info = DatasetInfo("binarized-mnist", (D,), (0.0, 1.0), False, "bernoulli", source)
+    dataset = Dataset(info, {"train": x, "valid": x[:500], "test": x[:500]})
+    sides = {
+        "aevb": lambda n: run_aevb(dataset, n, batch, device),
+        "reference": lambda n: run_reference(x, n, batch, device),
+    }
+    for run in sides.values():
+        run(5)  # warm-up: lazy initialisation, allocator, thread pool
+    window: dict[str, list[float]] = {name: [] for name in sides}
+    per_step: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.repeats):
+        for name, run in sides.items():
+            w, m = timed(run, args.warmup, args.steps, batch, device)
+            window[name].append(w)
+            per_step[name].append(m)
+    aevb_med = statistics.median(window["aevb"])
+    ref_med = statistics.median(window["reference"])
+    aevb_step_med = statistics.median(per_step["aevb"])
+    ref_step_med = statistics.median(per_step["reference"])
+
+    step_flops = 3 * forward_flops(batch)
+    peak_at_shapes = mm_rate(step_matmuls(batch), device, reps=20)
+    peak_square = mm_rate([(2048, 2048, 2048)], device, reps=3)
+    aevb_flops = aevb_med / batch * step_flops
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    out = {
+        "model": "784-400-20 Bernoulli MLP VAE, ReLU, Adam lr 1e-3",
+        "batch_size": batch, "data": source, "device": device_name,
+        "machine": f"{platform.processor() or platform.machine()}, "
+                   f"{torch.get_num_threads()} torch threads",
+        "torch": torch.__version__, "steps_timed": args.steps, "repeats": args.repeats,
+        "aevb_examples_per_s": aevb_med, "reference_examples_per_s": ref_med,
+        "speedup": aevb_med / ref_med,
+        "aevb_examples_per_s_all": window["aevb"],
+        "reference_examples_per_s_all": window["reference"],
+        "aevb_examples_per_s_median_step": aevb_step_med,
+        "reference_examples_per_s_median_step": ref_step_med,
+        "speedup_median_step": aevb_step_med / ref_step_med,
+        "flops_per_step": step_flops,
+        "aevb_gflops": aevb_flops / 1e9,
+        "reference_gflops": ref_med / batch * step_flops / 1e9,
+        "matmul_peak_at_model_shapes_gflops": peak_at_shapes / 1e9,
+        "matmul_peak_square_2048_gflops": peak_square / 1e9,
+        "fraction_of_matmul_peak": aevb_flops / peak_at_shapes,
+        "fraction_of_square_peak": aevb_flops / peak_square,
+        "command": "python " + " ".join(sys.argv),
+    }
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"Training speed, {out['model']}, batch {batch}, {source}, "
+          f"{device_name} ({out['machine']}), torch {torch.__version__}")
+    print(f"median of {args.repeats} repeats of {args.steps} steps; command: {out['command']}")
+    print()
+    print("| training loop | examples / s | GFLOP/s | vs. reference |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| aevb.train | {aevb_med:,.0f} | {out['aevb_gflops']:.1f} | {out['speedup']:.2f}x |")
+    print(f"| pytorch/examples vae/main.py loop | {ref_med:,.0f} | {out['reference_gflops']:.1f} "
+          "| 1.00x |")
+    print(f"| torch.mm alone at the step's shapes (bound) | "
+          f"{peak_at_shapes / step_flops * batch:,.0f} | {peak_at_shapes / 1e9:.1f} | |")
+    print()
+    print(f"From the median single-step time instead: aevb {aevb_step_med:,.0f}, reference "
+          f"{ref_step_med:,.0f} examples/s ({out['speedup_median_step']:.2f}x).")
+    print()
+    print(f"FLOPs per step (3 x forward matmuls): {step_flops / 1e9:.3f} GFLOP. aevb reaches "
+          f"{100 * out['fraction_of_matmul_peak']:.0f}% of the torch.mm rate at the model's "
+          f"shapes and {100 * out['fraction_of_square_peak']:.0f}% of a 2048^3 torch.mm "
+          f"({peak_square / 1e9:.1f} GFLOP/s).")
+
+
+if __name__ == "__main__":
+    main()

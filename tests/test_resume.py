@@ -1,0 +1,138 @@
+"""Resuming continues bit-for-bit: N steps straight == N/2 steps, then a resume to N.
+
+The digits training split has 1,437 examples, so at --batch-size 64 an epoch is 22 steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import run_cli, state_dicts_equal
+
+import aevb
+from aevb import RunConfig
+from aevb import checkpoint as ckpt
+
+STEPS_PER_EPOCH = 22
+
+
+def _config(**kw) -> RunConfig:
+    base = dict(hidden=(32,), batch_size=64, figures=False, seed=3)
+    base.update(kw)
+    return RunConfig().replace(**base)
+
+
+def _state(run: Path) -> dict:
+    """Every tensor that determines the future of a run: weights, Adam moments, RNG."""
+    tensors, _ = ckpt.load_tensors(run / ckpt.STATE_FILE)
+    weights, _ = ckpt.load_tensors(run / ckpt.MODEL_FILE)
+    return {**tensors, **{f"artifact.{k}": v for k, v in weights.items()}}
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    sa, sb = _state(a), _state(b)
+    assert state_dicts_equal(sa, sb), [k for k in sa if k in sb and not sa[k].equal(sb[k])][:5]
+    ma, mb = ckpt.read_metrics(a)[-1], ckpt.read_metrics(b)[-1]
+    assert ma["step"] == mb["step"] and ma["epoch"] == mb["epoch"]
+    assert ma["valid_neg_elbo"] == mb["valid_neg_elbo"]  # same weights, same evaluation noise
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> dict[str, Path]:
+    """Reference runs trained without interruption, shared by the tests below."""
+    root = tmp_path_factory.mktemp("straight")
+    runs = {
+        "steps30": (_config(steps=30), root / "s30"),
+        "steps44": (_config(steps=2 * STEPS_PER_EPOCH), root / "s44"),
+        "epochs2": (_config(epochs=2), root / "e2"),
+    }
+    for config, run in runs.values():
+        aevb.train(config, run, progress=False)
+    return {name: run for name, (_, run) in runs.items()}
+
+
+def test_resume_mid_epoch_is_bit_exact(straight, tmp_path):
+    run = tmp_path / "run"
+    aevb.train(_config(steps=15), run, progress=False)
+    result = aevb.resume(run, steps=30, progress=False)
+    assert result.metrics["step"] == 30
+    _assert_same_run(run, straight["steps30"])
+    steps = [r["step"] for r in ckpt.read_metrics(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # one record per evaluation
+
+
+def test_resume_at_an_epoch_boundary_is_bit_exact(straight, tmp_path):
+    run = tmp_path / "run"
+    aevb.train(_config(steps=STEPS_PER_EPOCH), run, progress=False)
+    assert ckpt.read_metrics(run)[-1]["epoch"] == 1
+    aevb.resume(run, steps=2 * STEPS_PER_EPOCH, progress=False)
+    _assert_same_run(run, straight["steps44"])
+
+
+def test_resume_by_epochs_is_bit_exact(straight, tmp_path):
+    run = tmp_path / "run"
+    aevb.train(_config(epochs=1), run, progress=False)
+    aevb.resume(run, epochs=2, progress=False)
+    assert ckpt.read_metrics(run)[-1]["step"] == 2 * STEPS_PER_EPOCH
+    _assert_same_run(run, straight["epochs2"])
+    # The straight epochs run and the straight steps run took the same 44 steps.
+    _assert_same_run(straight["epochs2"], straight["steps44"])
+
+
+def test_cli_resume_is_bit_exact_and_prints_the_run(straight, tmp_path):
+    run = tmp_path / "run"
+    first = run_cli(
+        "train",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "64",
+        "--figures",
+        "false",
+        "--seed",
+        "3",
+        "--steps",
+        "15",
+        "--no-progress",
+        "--out",
+        run,
+    )
+    assert first.code == 0, first.err
+    res = run_cli("train", "--resume", run, "--steps", "30", "--no-progress")
+    assert res.code == 0, res.err
+    assert res.last_line == str(run)
+    _assert_same_run(run, straight["steps30"])
+
+
+def test_cli_resume_by_epochs(straight, tmp_path):
+    run = tmp_path / "run"
+    aevb.train(_config(epochs=1), run, progress=False)
+    res = run_cli("train", "--resume", run, "--epochs", "2", "--no-progress")
+    assert res.code == 0, res.err
+    _assert_same_run(run, straight["epochs2"])
+
+
+def test_two_resumes_in_a_row(straight, tmp_path):
+    run = tmp_path / "run"
+    aevb.train(_config(steps=7), run, progress=False)
+    aevb.resume(run, steps=19, progress=False)
+    aevb.resume(run, steps=30, progress=False)
+    _assert_same_run(run, straight["steps30"])
+
+
+def test_resume_refuses_to_change_the_model(tmp_path):
+    run = tmp_path / "run"
+    aevb.train(_config(steps=3), run, progress=False)
+    res = run_cli("train", "--resume", run, "--latent-dim", "5", "--steps", "6")
+    assert res.code != 0 and "--latent-dim" in res.err and "resum" in res.err
+    assert ckpt.read_metrics(run)[-1]["step"] == 3
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path):
+    run = tmp_path / "run"
+    aevb.train(_config(steps=3), run, progress=False)
+    before = _state(run)
+    res = run_cli("train", "--hidden", "32", "--steps", "3", "--out", run, "--no-progress")
+    assert res.code != 0 and "--resume" in res.err
+    assert state_dicts_equal(_state(run), before)
