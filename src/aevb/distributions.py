@@ -131,8 +131,9 @@ def log_bernoulli(x: Tensor, logits: Tensor, event_dims: int = 1) -> Tensor:
         ``[...]`` log-probabilities.
     """
     x, logits = torch.broadcast_tensors(x, logits)
-    log_p = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-    return sum_event(log_p, event_dims)
+    # Negate after the reduction: the same numbers, two passes over the data fewer.
+    nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    return -sum_event(nll, event_dims)
 
 
 def log_normal_sigma(x: Tensor, mu: Tensor, sigma: Tensor | float, event_dims: int = 1) -> Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +19,66 @@ from torch import Tensor, nn
 from .data.base import Dataset
 
 
-@dataclass
 class MeanAccumulator:
     """Running sums (on the device) of per-example values; no host sync until ``result``.
 
-    Values are ``[B]`` (scalars per example) or ``[B, D]`` (vectors per example, e.g. the
-    per-dimension KL); sums are float64 and keep the trailing shape.
+    Values are ``[B]`` (a scalar per example) or ``[B, D]`` (a vector per example, e.g. the
+    per-dimension KL). Scalars given together are stacked into one ``[K, B]`` tensor, so
+    a training step costs a handful of kernels whatever K. Sums are float64.
     """
 
-    sums: dict[str, Tensor] = field(default_factory=dict)
-    sq_sums: dict[str, Tensor] = field(default_factory=dict)
-    n: int = 0
+    def __init__(self) -> None:
+        # key tuple -> [sum [K, ...], sum of squares [K, ...]]
+        self._groups: dict[tuple[str, ...], list[Tensor]] = {}
+        self.n = 0
 
     def add(self, **values: Tensor) -> None:
         """Add per-example tensors ``[B, ...]`` (all with the same B)."""
-        b = None
+        if not values:
+            return
+        scalars = [k for k, v in values.items() if v.dim() == 1]
+        if scalars:
+            stacked = torch.stack([values[k].detach() for k in scalars]).to(torch.float64)
+            self._accumulate(tuple(scalars), stacked.sum(1), stacked.pow(2).sum(1))
         for k, v in values.items():
-            v = v.detach().to(torch.float64)
-            b = v.shape[0]
-            if k not in self.sums:
-                self.sums[k] = torch.zeros(v.shape[1:], dtype=torch.float64, device=v.device)
-                self.sq_sums[k] = torch.zeros(v.shape[1:], dtype=torch.float64, device=v.device)
-            self.sums[k] += v.sum(0)
-            self.sq_sums[k] += v.pow(2).sum(0)
-        self.n += b or 0
+            if v.dim() > 1:
+                v = v.detach().to(torch.float64)
+                self._accumulate((k,), v.sum(0)[None], v.pow(2).sum(0)[None])
+        self.n += next(iter(values.values())).shape[0]
+
+    def declare(
+        self, keys: tuple[str, ...], device: torch.device | str, shape: tuple[int, ...] = ()
+    ) -> MeanAccumulator:
+        """Start a group at zero, as ``add`` would make it, so that every rank of a
+        distributed reduction holds the same tensors, even a rank that adds nothing."""
+        if len(keys) > 1 and shape:
+            raise ValueError("vector-valued keys are declared one at a time")
+        zeros = torch.zeros((len(keys), *shape), dtype=torch.float64, device=device)
+        self._accumulate(keys, zeros, zeros.clone())
+        return self
+
+    def _accumulate(self, keys: tuple[str, ...], s: Tensor, sq: Tensor) -> None:
+        group = self._groups.get(keys)
+        if group is None:
+            clash = set(keys) & set(self.sums)
+            if clash:
+                raise ValueError(f"keys {sorted(clash)} were accumulated with other keys before")
+            self._groups[keys] = [s, sq]
+        else:
+            group[0] += s
+            group[1] += sq
+
+    @property
+    def sums(self) -> dict[str, Tensor]:
+        return {k: g[0][i] for keys, g in self._groups.items() for i, k in enumerate(keys)}
+
+    @property
+    def sq_sums(self) -> dict[str, Tensor]:
+        return {k: g[1][i] for keys, g in self._groups.items() for i, k in enumerate(keys)}
+
+    def tensors(self) -> list[Tensor]:
+        """The accumulator's state tensors (for an in-place all-reduce)."""
+        return [t for g in self._groups.values() for t in g]
 
     def mean(self, key: str) -> Tensor:
         return self.sums[key] / self.n
@@ -51,10 +86,11 @@ class MeanAccumulator:
     def result(self) -> dict[str, float | list[float]]:
         """``{key: mean, key_se: standard error of the mean over examples}``."""
         out: dict[str, float | list[float]] = {}
-        for k in self.sums:
+        sq_sums = self.sq_sums
+        for k, total in self.sums.items():
             n = self.n
-            mean = self.sums[k] / n
-            var = (self.sq_sums[k] / n - mean.pow(2)).clamp_min(0) * n / max(n - 1, 1)
+            mean = total / n
+            var = (sq_sums[k] / n - mean.pow(2)).clamp_min(0) * n / max(n - 1, 1)
             se = (var / n).sqrt()
             out[k] = mean.item() if mean.dim() == 0 else mean.tolist()
             out[f"{k}_se"] = se.item() if se.dim() == 0 else se.tolist()
@@ -76,17 +112,15 @@ def all_reduce_(acc: MeanAccumulator) -> MeanAccumulator:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return acc
-    keys = sorted(acc.sums)
-    if not keys:
-        return acc
-    device = acc.sums[keys[0]].device
-    parts = [acc.sums[k].reshape(-1) for k in keys] + [acc.sq_sums[k].reshape(-1) for k in keys]
-    flat = torch.cat(parts + [torch.tensor([float(acc.n)], dtype=torch.float64, device=device)])
+    tensors = acc.tensors()
+    device = tensors[0].device if tensors else torch.device("cpu")
+    count = torch.tensor([float(acc.n)], dtype=torch.float64, device=device)
+    flat = torch.cat([t.reshape(-1) for t in tensors] + [count])
     dist.all_reduce(flat)
-    pieces = flat[:-1].split([p.numel() for p in parts])
-    shapes = [acc.sums[k].shape for k in keys]
-    acc.sums = {k: pieces[i].reshape(shapes[i]) for i, k in enumerate(keys)}
-    acc.sq_sums = {k: pieces[len(keys) + i].reshape(shapes[i]) for i, k in enumerate(keys)}
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
     acc.n = int(round(float(flat[-1])))
     return acc
 
@@ -100,7 +134,7 @@ def elbo_sums(
     Each batch's noise is seeded by (seed, batch index), on a forked RNG.
     """
     device = device_of(model)
-    acc = MeanAccumulator()
+    acc = MeanAccumulator().declare(("neg_elbo", "recon_nll", "kl", "loss"), device)
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
@@ -189,7 +223,11 @@ def evaluate(
     if chunk_size is None:
         chunk_size = default_chunk_size(device)
     num_dims = math.prod(dataset.info.shape)
-    acc = MeanAccumulator()
+    scalar_keys = ("log_px_iw", "neg_elbo", "rate", "distortion", "gap", "bits_per_dim")
+    scalar_keys += ("log_px_naive",) if naive > 0 else ()
+    latent = model.config.latent_dim
+    acc = MeanAccumulator().declare(scalar_keys, device)
+    acc.declare(("kl_per_dim",), device, (latent,)).declare(("mu",), device, (latent,))
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -197,19 +235,10 @@ def evaluate(
     for b, x in tqdm(batches, desc=f"evaluate {split} (K={k})", disable=not progress, leave=False):
         x = x.to(device, non_blocking=True)
         r = importance_weighted(model, x, k, chunk_size, seed=batch_seed(seed, b))
-        values = {
-            "log_px_iw": r["log_px_iw"],
-            "neg_elbo": r["neg_elbo"],
-            "rate": r["rate"],
-            "distortion": r["distortion"],
-            "gap": r["gap"],
-            "bits_per_dim": bits_per_dim(r["log_px_iw"], num_dims),
-            "kl_per_dim": r["kl_per_dim"],
-            "mu": r["mu"],
-        }
+        r["bits_per_dim"] = bits_per_dim(r["log_px_iw"], num_dims)
         if naive > 0:
-            values["log_px_naive"] = naive_prior(model, x, naive, chunk_size, seed=batch_seed(seed, b))
-        acc.add(**values)
+            r["log_px_naive"] = naive_prior(model, x, naive, chunk_size, seed=batch_seed(seed, b))
+        acc.add(**{k: r[k] for k in scalar_keys}, kl_per_dim=r["kl_per_dim"], mu=r["mu"])
     acc = all_reduce_(acc)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

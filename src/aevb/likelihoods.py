@@ -62,6 +62,15 @@ class Likelihood(nn.Module):
         """log p(x|z): ``x`` ``[B, *event]``, ``params`` ``[..., B, n_params, *event]`` -> ``[..., B]``."""
         raise NotImplementedError
 
+    def param(self, params: Tensor, i: int) -> Tensor:
+        """Parameter ``i``, ``[..., *event]``, of ``params`` ``[..., n_params, *event]``.
+
+        With one parameter this is a squeeze, whose backward is a view; ``select``'s
+        backward would fill a zero tensor the size of the data and copy into it every step.
+        """
+        dim = -self.event_dims - 1
+        return params.squeeze(dim) if self.n_params == 1 else params.select(dim, i)
+
     def mean(self, params: Tensor) -> Tensor:
         """E[x|z]: ``[..., n_params, *event]`` -> ``[..., *event]``."""
         raise NotImplementedError
@@ -82,10 +91,10 @@ class Bernoulli(Likelihood):
     description = "Bernoulli from logits; for binary data (continuous data in [0, 1] is scored by cross-entropy)"
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        return log_bernoulli(x, params.select(-self.event_dims - 1, 0), self.event_dims)
+        return log_bernoulli(x, self.param(params, 0), self.event_dims)
 
     def mean(self, params: Tensor) -> Tensor:
-        return torch.sigmoid(params.select(-self.event_dims - 1, 0))
+        return torch.sigmoid(self.param(params, 0))
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.bernoulli(self.mean(params), generator=generator)
@@ -113,11 +122,11 @@ class _Gaussian(Likelihood):
         raise NotImplementedError
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        mu = params.select(-self.event_dims - 1, 0)
+        mu = self.param(params, 0)
         return log_normal_sigma(x, mu, self._sigma(params), self.event_dims)
 
     def mean(self, params: Tensor) -> Tensor:
-        return params.select(-self.event_dims - 1, 0)
+        return self.param(params, 0)
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mu = self.mean(params)
@@ -184,5 +193,5 @@ class GaussianDecoded(_Gaussian):
         self.offset = _inverse_softplus(max(sigma - sigma_min, 1e-6))
 
     def _sigma(self, params: Tensor) -> Tensor:
-        raw = params.select(-self.event_dims - 1, 1)
+        raw = self.param(params, 1)
         return self.sigma_min + F.softplus(raw + self.offset)
