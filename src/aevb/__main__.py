@@ -1,5 +1,6 @@
 """``python -m aevb`` is the ``aevb`` command."""
 
 from .cli import main
+from .distributed import exit_process
 
-raise SystemExit(main())
+exit_process(main())

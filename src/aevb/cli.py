@@ -211,7 +211,9 @@ def _launch_train(args: argparse.Namespace) -> int:
         raise ConfigError("--nproc starts torchrun itself; drop it when launching with torchrun")
     argv = _without_option(args.argv, "--nproc")
     run = args.resume or args.out
-    if not args.resume:  # a bad flag fails here, once; every rank gets the same directory
+    if args.resume:
+        ckpt.load_config(args.resume)  # a missing or broken run fails here, once
+    else:  # a bad flag fails here, once; every rank gets the same directory
         overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
         config = _train_config(args, overrides)
         distributed.check_batch_size(config.train.batch_size, args.nproc)

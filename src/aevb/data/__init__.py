@@ -41,6 +41,10 @@ FILE_LOADERS: dict[str, Callable[[Path, DataConfig], Dataset]] = {
 FOLDER_LOADER: Callable[[Path, DataConfig], Dataset] = load_image_folder
 
 
+# config.json names this source for data handed to ``aevb.train(..., dataset=...)``.
+PYTHON_SOURCE = "python:"
+
+
 def load_dataset(config: DataConfig) -> Dataset:
     """Load the dataset named (or pointed to) by ``config.dataset``, then apply ``--binarize``.
 
@@ -52,6 +56,11 @@ def load_dataset(config: DataConfig) -> Dataset:
 
 def _load(config: DataConfig) -> Dataset:
     name = config.dataset
+    if name.startswith(PYTHON_SOURCE):
+        raise DataError(
+            f"this run was trained on data passed from Python ({name[len(PYTHON_SOURCE):]}), which "
+            "aevb cannot reload; give the data again (--dataset PATH, or dataset= in Python)"
+        )
     if name in DATASETS:
         return DATASETS[name].load(config)
     path = Path(name).expanduser()
@@ -73,6 +82,7 @@ def _load(config: DataConfig) -> Dataset:
 
 
 __all__ = [
+    "PYTHON_SOURCE",
     "DATASETS",
     "FILE_LOADERS",
     "FOLDER_LOADER",
