@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aevb import ModelConfig, VAE
+from aevb import VAE, ModelConfig
 from aevb.data import Dataset, DatasetInfo
 from aevb.evaluate import evaluate
 
@@ -42,7 +42,10 @@ ARCHS = {
     "pytorch-example": ((400,), 20, "relu"),
     "burda": ((200, 200), 50, "tanh"),
 }
-SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/binarized_mnist/binarized_mnist_test.amat.gz"
+SHARED = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared/data/binarized_mnist/binarized_mnist_test.amat.gz"
+)
 
 
 def load_data(n: int) -> tuple[torch.Tensor, str]:
@@ -65,8 +68,10 @@ def flops_per_sample(hidden: tuple[int, ...], latent: int, d: int = 784) -> int:
 def matmul_peak(rows: int, hidden: tuple[int, ...], latent: int, device, repeats: int = 5) -> float:
     """FLOP/s of torch.mm alone at the decoder's layer shapes, ``rows`` rows at a time."""
     sizes = [latent, *reversed(hidden), 784]
-    mats = [(torch.randn(rows, a, device=device), torch.randn(a, b, device=device))
-            for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    mats = [
+        (torch.randn(rows, a, device=device), torch.randn(a, b, device=device))
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
     flops = sum(2 * rows * a.shape[1] * b.shape[1] for a, b in mats)
     for a, b in mats:
         torch.mm(a, b)
@@ -120,7 +125,11 @@ def per_example_tuned(model: VAE, x: torch.Tensor, k: int, chunk: int = 1000) ->
         for k0 in range(0, k, chunk):
             c = min(chunk, k - k0)
             z = mu + torch.exp(0.5 * logvar) * torch.randn(c, 1, mu.shape[1])
-            lw = model.log_likelihood(xi, z) + model.log_prior(z) - model.log_posterior(z, mu, logvar)
+            lw = (
+                model.log_likelihood(xi, z)
+                + model.log_prior(z)
+                - model.log_posterior(z, mu, logvar)
+            )
             lse = torch.logaddexp(lse, torch.logsumexp(lw[:, 0], 0))
         out[i] = lse - math.log(k)
     return float(out.mean())
@@ -132,7 +141,9 @@ def main() -> None:
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--examples", type=int, default=200, help="examples timed for aevb")
     p.add_argument("--ref-examples", type=int, default=20, help="examples timed for the loops")
-    p.add_argument("--chunk-size", type=int, default=None, help="default: aevb's (2048 CPU, 262144 GPU)")
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="default: aevb's (2048 CPU, 262144 GPU)"
+    )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
@@ -142,23 +153,41 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     hidden, latent, act = ARCHS[args.arch]
-    cfg = ModelConfig(input_shape=(1, 28, 28), latent_dim=latent, hidden=hidden, activation=act,
-                      likelihood="bernoulli")
+    cfg = ModelConfig(
+        input_shape=(1, 28, 28),
+        latent_dim=latent,
+        hidden=hidden,
+        activation=act,
+        likelihood="bernoulli",
+    )
     model = VAE(cfg).to(args.device).eval()
     x, source = load_data(max(args.examples, args.ref_examples))
     x = x.to(args.device)
-    ds = Dataset(DatasetInfo("bench", (1, 28, 28), (0.0, 1.0), False, "bernoulli"),
-                 {"train": x[:1], "valid": x[:1], "test": x[: args.examples]})
+    ds = Dataset(
+        DatasetInfo("bench", (1, 28, 28), (0.0, 1.0), False, "bernoulli"),
+        {"train": x[:1], "valid": x[:1], "test": x[: args.examples]},
+    )
     fps = flops_per_sample(hidden, latent)
 
-    evaluate(model, ds, "test", k=min(args.k, 200), chunk_size=args.chunk_size, batch_size=args.batch_size)
-    res = evaluate(model, ds, "test", k=args.k, chunk_size=args.chunk_size, batch_size=args.batch_size)
+    evaluate(
+        model,
+        ds,
+        "test",
+        k=min(args.k, 200),
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+    )
+    res = evaluate(
+        model, ds, "test", k=args.k, chunk_size=args.chunk_size, batch_size=args.batch_size
+    )
     aevb_rate = res["examples_x_k_per_s"]
 
     xr = x[: args.ref_examples]
     rows = {}
-    for name, fn in (("per-example (pythae-style)", per_example_pythae_style),
-                     ("per-example (tuned)", per_example_tuned)):
+    for name, fn in (
+        ("per-example (pythae-style)", per_example_pythae_style),
+        ("per-example (tuned)", per_example_tuned),
+    ):
         fn(model, xr[:1], min(args.k, 500))
         _sync(args.device)
         t = time.perf_counter()
@@ -172,7 +201,10 @@ def main() -> None:
     rows_per_chunk = max(1, chunk // args.batch_size) * args.batch_size
     peak = matmul_peak(rows_per_chunk, hidden, latent, args.device)
     out = {
-        "arch": args.arch, "k": args.k, "examples": args.examples, "data": source,
+        "arch": args.arch,
+        "k": args.k,
+        "examples": args.examples,
+        "data": source,
         "device": str(args.device) if args.device == "cpu" else torch.cuda.get_device_name(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
@@ -189,7 +221,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    print(f"IW evaluation, {args.arch} decoder, K={args.k}, {source}, {out['device']} ({out['machine']})")
+    print(
+        f"IW evaluation, {args.arch} decoder, K={args.k}, {source}, {out['device']} ({out['machine']})"
+    )
     print()
     print("| method | examples x K per second | aevb speed-up |")
     print("| --- | ---: | ---: |")
@@ -197,10 +231,12 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r:,.0f} | {aevb_rate / r:.2f}x |")
     print()
-    print(f"counted FLOPs per (example, sample): {fps:,}; aevb reaches {out['aevb_gflops']:.1f} GFLOP/s, "
-          f"{100 * out['fraction_of_matmul_peak']:.0f}% of the torch.mm peak at the decoder's shapes "
-          f"({out['matmul_peak_gflops']:.1f} GFLOP/s); the 10,000-image test set at this K would take "
-          f"{out['full_test_set_seconds_estimate']:.0f} s.")
+    print(
+        f"counted FLOPs per (example, sample): {fps:,}; aevb reaches {out['aevb_gflops']:.1f} GFLOP/s, "
+        f"{100 * out['fraction_of_matmul_peak']:.0f}% of the torch.mm peak at the decoder's shapes "
+        f"({out['matmul_peak_gflops']:.1f} GFLOP/s); the 10,000-image test set at this K would take "
+        f"{out['full_test_set_seconds_estimate']:.0f} s."
+    )
 
 
 if __name__ == "__main__":

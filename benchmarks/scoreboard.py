@@ -49,8 +49,15 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     config = RunConfig(
         model=ModelConfig(likelihood="bernoulli", **MODELS[name]),
         data=DataConfig(dataset="binarized-mnist", data_dir=args.data_dir),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          device=args.device, figures=True, eval_batch_size=2000),
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            figures=True,
+            eval_batch_size=2000,
+        ),
     )
     run_dir = Path(args.runs) / f"{name}-e{args.epochs}"
     t0 = time.perf_counter()
@@ -60,16 +67,32 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         result = aevb.train(config, run_dir, progress=not args.quiet)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    res = aevb.evaluate(result.model, aevb.load_dataset(result.config.data), "test",
-                        k=args.k, batch_size=args.eval_batch_size, progress=not args.quiet)
+    res = aevb.evaluate(
+        result.model,
+        aevb.load_dataset(result.config.data),
+        "test",
+        k=args.k,
+        batch_size=args.eval_batch_size,
+        progress=not args.quiet,
+    )
     eval_s = time.perf_counter() - t1
     return {
-        "model": name, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "k": args.k, "test_log_px_iw": res["log_px_iw"], "test_log_px_iw_se": res["log_px_iw_se"],
-        "test_neg_elbo": res["neg_elbo"], "test_neg_elbo_se": res["neg_elbo_se"],
-        "active_units": res["active_units"], "latent_dim": MODELS[name]["latent_dim"],
-        "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
-        "machine": machine(), "torch": torch.__version__, "run_dir": str(run_dir),
+        "model": name,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "k": args.k,
+        "test_log_px_iw": res["log_px_iw"],
+        "test_log_px_iw_se": res["log_px_iw_se"],
+        "test_neg_elbo": res["neg_elbo"],
+        "test_neg_elbo_se": res["neg_elbo_se"],
+        "active_units": res["active_units"],
+        "latent_dim": MODELS[name]["latent_dim"],
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "machine": machine(),
+        "torch": torch.__version__,
+        "run_dir": str(run_dir),
     }
 
 

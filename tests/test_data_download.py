@@ -236,8 +236,12 @@ def test_mnist_downloads_from_local_server(server, tmp_path, monkeypatch):
         server.files[f"/mnist/{stem}.gz"] = gz
         files[f"{stem}.gz"] = (len(gz), sha(gz), sha(raw))
     fake = idx_mod.IdxSource(
-        "mnist", "mnist", (server.url + "/dead/", server.url + "/mnist/"), files,
-        idx_mod.MNIST.classes, "test",
+        "mnist",
+        "mnist",
+        (server.url + "/dead/", server.url + "/mnist/"),
+        files,
+        idx_mod.MNIST.classes,
+        "test",
     )
     monkeypatch.setattr(idx_mod, "MNIST", fake)
     ds = load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), valid_fraction=0.2))

@@ -60,8 +60,18 @@ def link_shared(tmp_path: Path, folder: str) -> Path:
 
 
 def test_every_named_dataset_is_registered_and_listed(capsys):
-    names = {"digits", "ring", "moons", "gaussians", "binarized-mnist", "mnist",
-             "fashion-mnist", "kmnist", "frey-face", "cifar10"}
+    names = {
+        "digits",
+        "ring",
+        "moons",
+        "gaussians",
+        "binarized-mnist",
+        "mnist",
+        "fashion-mnist",
+        "kmnist",
+        "frey-face",
+        "cifar10",
+    }
     assert names <= set(DATASETS)
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
@@ -77,8 +87,10 @@ def amat(bits: np.ndarray) -> bytes:
 @pytest.fixture
 def small_binarized(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    bits = {s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
-            for s, n in (("train", 6), ("valid", 3), ("test", 2))}
+    bits = {
+        s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
+        for s, n in (("train", 6), ("valid", 3), ("test", 2))
+    }
     folder = tmp_path / "binarized_mnist"
     folder.mkdir()
     files = {}
@@ -190,12 +202,15 @@ def test_idx_datasets_from_gzipped_files(tmp_path, monkeypatch, name, attr):
     ds = load_dataset(DataConfig(dataset=name, data_dir=str(tmp_path), valid_fraction=0.25))
     assert (ds.size("train"), ds.size("valid"), ds.size("test")) == (15, 5, 5)
     x = ds.tensor("test")
-    assert torch.equal((x * 255).round().to(torch.uint8).squeeze(1),
-                       torch.from_numpy(arrays["t10k-images-idx3-ubyte"]))
+    assert torch.equal(
+        (x * 255).round().to(torch.uint8).squeeze(1),
+        torch.from_numpy(arrays["t10k-images-idx3-ubyte"]),
+    )
     assert ds.labels("test").tolist() == [9, 0, 3, 3, 7]
     assert ds.info.transform["classes"] == list(source.classes)
     assert sorted(ds.labels("train").tolist() + ds.labels("valid").tolist()) == sorted(
-        arrays["train-labels-idx1-ubyte"].tolist())
+        arrays["train-labels-idx1-ubyte"].tolist()
+    )
     # The split is a function of --split-seed alone.
     again = load_dataset(DataConfig(dataset=name, data_dir=str(tmp_path), valid_fraction=0.25))
     assert torch.equal(again.tensor("valid"), ds.tensor("valid"))
@@ -210,10 +225,8 @@ def test_mnist_real_test_split(tmp_path):
     assert np.bincount(y).tolist()[:3] == [980, 1135, 1032]
     # the values in ../shared/data/README.md
     assert hashes == {
-        "t10k-images-idx3-ubyte":
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "t10k-labels-idx1-ubyte":
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     }
 
 
@@ -227,7 +240,9 @@ def test_mnist_with_only_the_test_split_asks_for_the_training_files(tmp_path, mo
     want = f"Fetch {base}train-images-idx3-ubyte.gz yourself and save it as {target}"
     assert want in str(e.value)
     assert sorted(p.name for p in (data_dir / "mnist").iterdir()) == [
-        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ]
 
 
 # --- Frey Face -------------------------------------------------------------------------
@@ -285,8 +300,11 @@ def test_cifar10_binary_records(tmp_path, monkeypatch):
     folder = tmp_path / "cifar10"
     folder.mkdir()
     (folder / cf.FILE.name).write_bytes(archive)
-    monkeypatch.setattr(cf, "FILE", dataclasses.replace(
-        cf.FILE, urls=(dead_base(),), sha256=sha(archive), size=len(archive)))
+    monkeypatch.setattr(
+        cf,
+        "FILE",
+        dataclasses.replace(cf.FILE, urls=(dead_base(),), sha256=sha(archive), size=len(archive)),
+    )
     ds = load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path), valid_fraction=0.25))
     assert (ds.size("train"), ds.size("valid"), ds.size("test")) == (15, 5, 4)
     rec = records[cf.TEST_BATCH]
@@ -363,13 +381,25 @@ def test_binarize_refuses_data_outside_unit_interval():
 def test_dynamic_binarization_resumes_bit_exactly(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    common = ["--dataset", "digits", "--binarize", "dynamic", "--hidden", "16",
-              "--batch-size", "64", "--no-progress", "--figures", "false"]
+    common = [
+        "--dataset",
+        "digits",
+        "--binarize",
+        "dynamic",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "64",
+        "--no-progress",
+        "--figures",
+        "false",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main(["train", *common, "--steps", "6", "--out", str(straight)]) == 0
     assert main(["train", *common, "--steps", "3", "--out", str(split)]) == 0
     assert main(["train", "--resume", str(split), "--steps", "6", "--no-progress"]) == 0, (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     a = load_file(straight / "model.safetensors")
     b = load_file(split / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

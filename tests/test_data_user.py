@@ -32,8 +32,9 @@ def all_examples(ds: Dataset) -> torch.Tensor:
 
 def same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal as multisets of examples (splits shuffle the order)."""
-    return len(a) == len(b) and torch.equal(torch.unique(a.flatten(1), dim=0),
-                                            torch.unique(b.flatten(1), dim=0))
+    return len(a) == len(b) and torch.equal(
+        torch.unique(a.flatten(1), dim=0), torch.unique(b.flatten(1), dim=0)
+    )
 
 
 @pytest.fixture
@@ -149,8 +150,9 @@ def test_streaming_binarization_matches_in_memory(png_folder):
     root, _ = png_folder
     for mode in ("dynamic", "threshold"):
         memory = load_dataset(DataConfig(dataset=str(root), binarize=mode))
-        disk = load_dataset(DataConfig(dataset=str(root), binarize=mode, memory_budget_mb=0,
-                                       num_workers=0))
+        disk = load_dataset(
+            DataConfig(dataset=str(root), binarize=mode, memory_budget_mb=0, num_workers=0)
+        )
         assert isinstance(disk, StreamingDataset)
         for s in ("valid", "test"):
             assert torch.equal(disk.tensor(s), memory.tensor(s))
@@ -179,8 +181,9 @@ def test_csv_columns_and_standardisation(tmp_path):
     assert ds.info.transform["columns"] == ["b", "a", "c"]
     train = ds.tensor("train").double()
     assert torch.allclose(train.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-6)
-    assert torch.allclose(train.std(0, unbiased=False)[:2], torch.ones(2, dtype=torch.float64),
-                          atol=1e-5)
+    assert torch.allclose(
+        train.std(0, unbiased=False)[:2], torch.ones(2, dtype=torch.float64), atol=1e-5
+    )
     assert st["std"][2] == 1.0  # a constant column is centred, not divided by zero
     # Undoing the recorded transform gives back the file's values.
     x = all_examples(ds).double() * torch.tensor(st["std"]) + torch.tensor(st["mean"])
@@ -189,10 +192,15 @@ def test_csv_columns_and_standardisation(tmp_path):
     assert torch.allclose(x, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell,what", [("abc", "'abc', not a finite number"),
-                                       ("", "a missing value"),
-                                       ("nan", "'nan', not a finite number"),
-                                       ("inf", "'inf', not a finite number")])
+@pytest.mark.parametrize(
+    "cell,what",
+    [
+        ("abc", "'abc', not a finite number"),
+        ("", "a missing value"),
+        ("nan", "'nan', not a finite number"),
+        ("inf", "'inf', not a finite number"),
+    ],
+)
 def test_csv_bad_cells_name_column_and_row(tmp_path, cell, what):
     rows = [[i, i * 2.0] for i in range(10)]
     rows[6][1] = cell
@@ -248,8 +256,20 @@ def test_from_tensor_and_from_torch_dataset():
 
 
 # --- end to end through the CLI ----------------------------------------------------------
-TRAIN = ["train", "--steps", "5", "--no-progress", "--figures", "false", "--hidden", "16",
-         "--batch-size", "8", "--eval-batch-size", "16"]
+TRAIN = [
+    "train",
+    "--steps",
+    "5",
+    "--no-progress",
+    "--figures",
+    "false",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "16",
+]
 
 
 def test_cli_trains_on_each_kind_of_user_data(tmp_path, png_folder, capsys):
@@ -259,8 +279,15 @@ def test_cli_trains_on_each_kind_of_user_data(tmp_path, png_folder, capsys):
     np.save(tmp_path / "a.npy", (table > 0).astype(np.float32))
     kinds = {
         "folder": [str(root)],
-        "disk": [str(root), "--memory-budget-mb", "0", "--num-workers", "0",
-                 "--binarize", "dynamic"],
+        "disk": [
+            str(root),
+            "--memory-budget-mb",
+            "0",
+            "--num-workers",
+            "0",
+            "--binarize",
+            "dynamic",
+        ],
         "csv": [str(csv), "--columns", "z,x"],
         "npy": [str(tmp_path / "a.npy")],
     }
@@ -305,13 +332,23 @@ def test_from_disk_training_resumes_bit_exactly(tmp_path, png_folder, capsys):
     from safetensors.torch import load_file
 
     root, _ = png_folder
-    common = [*TRAIN[3:], "--dataset", str(root), "--memory-budget-mb", "0", "--num-workers", "1",
-              "--binarize", "dynamic"]
+    common = [
+        *TRAIN[3:],
+        "--dataset",
+        str(root),
+        "--memory-budget-mb",
+        "0",
+        "--num-workers",
+        "1",
+        "--binarize",
+        "dynamic",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main(["train", *common, "--steps", "5", "--out", str(straight)]) == 0
     assert main(["train", *common, "--steps", "2", "--out", str(split)]) == 0
     assert main(["train", "--resume", str(split), "--steps", "5", "--no-progress"]) == 0, (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     a = load_file(straight / "model.safetensors")
     b = load_file(split / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -32,9 +32,23 @@ from aevb import distributed
 from aevb.cli import main
 from aevb.evaluate import evaluate, evaluate_elbo
 
-SMALL = ["--dataset", "digits", "--hidden", "32", "--latent-dim", "2", "--figures", "false",
-         "--batch-size", "32", "--valid-fraction", "0.45", "--test-fraction", "0.5",
-         "--no-progress"]
+SMALL = [
+    "--dataset",
+    "digits",
+    "--hidden",
+    "32",
+    "--latent-dim",
+    "2",
+    "--figures",
+    "false",
+    "--batch-size",
+    "32",
+    "--valid-fraction",
+    "0.45",
+    "--test-fraction",
+    "0.5",
+    "--no-progress",
+]
 STEPS = 6
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -53,8 +67,19 @@ def _metrics(run: Path) -> list[dict]:
 def two_proc(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """6 steps in 2 processes, launched as a user would: ``python -m aevb train --nproc 2``."""
     run = tmp_path_factory.mktemp("ddp") / "two"
-    cmd = [sys.executable, "-m", "aevb", "train", "--nproc", "2", *SMALL, "--steps", str(STEPS),
-           "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aevb",
+        "train",
+        "--nproc",
+        "2",
+        *SMALL,
+        "--steps",
+        str(STEPS),
+        "--out",
+        str(run),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return run, proc
@@ -84,11 +109,16 @@ def test_two_processes_equal_one_process(two_proc, tmp_path):
 
 def test_resume_under_two_processes_is_bit_exact(two_proc, tmp_path):
     run = tmp_path / "half"
-    assert main(["train", "--nproc", "2", *SMALL, "--steps", str(STEPS // 2),
-                 "--out", str(run)]) == 0
+    assert (
+        main(["train", "--nproc", "2", *SMALL, "--steps", str(STEPS // 2), "--out", str(run)]) == 0
+    )
     assert ckpt.read_metrics(run)[-1]["step"] == STEPS // 2  # mid-epoch
-    assert main(["train", "--nproc", "2", "--resume", str(run), "--steps", str(STEPS),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["train", "--nproc", "2", "--resume", str(run), "--steps", str(STEPS), "--no-progress"]
+        )
+        == 0
+    )
     straight = two_proc[0]
     assert state_dicts_equal(_weights(run), _weights(straight))
     state, straight_state = (ckpt.load_tensors(r / ckpt.STATE_FILE)[0] for r in (run, straight))
@@ -100,8 +130,12 @@ def test_resume_under_two_processes_is_bit_exact(two_proc, tmp_path):
 def test_a_one_process_checkpoint_resumes_under_two(two_proc, tmp_path):
     run = tmp_path / "from-one"
     assert run_cli("train", *SMALL, "--steps", STEPS // 2, "--out", run).code == 0
-    assert main(["train", "--nproc", "2", "--resume", str(run), "--steps", str(STEPS),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["train", "--nproc", "2", "--resume", str(run), "--steps", str(STEPS), "--no-progress"]
+        )
+        == 0
+    )
     straight = _weights(two_proc[0])
     for k, v in _weights(run).items():
         torch.testing.assert_close(v, straight[k], rtol=RTOL, atol=ATOL)
@@ -122,8 +156,13 @@ def _in_two_processes(target, *args) -> list:
 
     def worker(rank: int) -> None:
         torch.set_num_threads(1)  # OpenMP's pool does not survive fork
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         try:
             queue.put((rank, target(rank, *args)))
         except Exception as e:
@@ -144,10 +183,12 @@ BATCH_SIZES = (100, 1000)  # 898 test examples: 9 batches (5 + 4, the last short
 def _evaluations(model, dataset, rank: int = 0, world_size: int = 1) -> dict:
     out = {}
     for bs in BATCH_SIZES:
-        out[f"elbo{bs}"] = evaluate_elbo(model, dataset, "test", bs, seed=5, rank=rank,
-                                         world_size=world_size)
-        out[f"iw{bs}"] = evaluate(model, dataset, "test", k=16, batch_size=bs, seed=5,
-                                  rank=rank, world_size=world_size)
+        out[f"elbo{bs}"] = evaluate_elbo(
+            model, dataset, "test", bs, seed=5, rank=rank, world_size=world_size
+        )
+        out[f"iw{bs}"] = evaluate(
+            model, dataset, "test", k=16, batch_size=bs, seed=5, rank=rank, world_size=world_size
+        )
     return out
 
 
@@ -199,7 +240,7 @@ def test_a_hung_rank_times_out_with_a_clear_message():
 
 
 # --- a rank that dies ----------------------------------------------------------------------
-DYING_WORKER = '''
+DYING_WORKER = """
 import os, signal, sys
 from aevb.data.base import Dataset
 
@@ -217,7 +258,7 @@ def train_batches(self, *args, **kwargs):
 Dataset.train_batches = train_batches
 from aevb.cli import main
 raise SystemExit(main())
-'''
+"""
 
 
 def test_a_dying_rank_stops_the_job_and_the_run_resumes(two_proc, tmp_path, monkeypatch, capfd):
@@ -246,8 +287,12 @@ def test_a_dying_rank_stops_the_job_and_the_run_resumes(two_proc, tmp_path, monk
     assert ckpt.read_metrics(run)[-1]["step"] == 2
 
     monkeypatch.undo()
-    assert main(["train", "--nproc", "2", "--resume", str(run), "--steps", str(STEPS),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["train", "--nproc", "2", "--resume", str(run), "--steps", str(STEPS), "--no-progress"]
+        )
+        == 0
+    )
     assert state_dicts_equal(_weights(run), _weights(two_proc[0]))
 
 

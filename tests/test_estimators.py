@@ -13,12 +13,11 @@ import math
 import pytest
 import torch
 
-from aevb import ModelConfig, VAE
+from aevb import VAE, ModelConfig
 from aevb.data import Dataset, DatasetInfo
 from aevb.estimators import importance_weighted, naive_prior, sample_noise
 from aevb.evaluate import evaluate
 from aevb.objectives import elbo
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,7 +54,10 @@ class LinearGaussian:
     def model(self, mu_shift: float = 0.0, var_scale: float = 1.0, mu_gain: float = 1.0) -> VAE:
         """A VAE whose encoder is the exact posterior, optionally made worse on purpose."""
         cfg = ModelConfig(
-            input_shape=(self.d_x,), latent_dim=self.d_z, hidden=(), likelihood="gaussian",
+            input_shape=(self.d_x,),
+            latent_dim=self.d_z,
+            hidden=(),
+            likelihood="gaussian",
             sigma=self.sigma,
         )
         m = VAE(cfg).double()
@@ -72,7 +74,9 @@ class LinearGaussian:
 
 
 def as_dataset(x: torch.Tensor) -> Dataset:
-    info = DatasetInfo("linear-gaussian", (x.shape[1],), (float(x.min()), float(x.max())), False, "gaussian")
+    info = DatasetInfo(
+        "linear-gaussian", (x.shape[1],), (float(x.min()), float(x.max())), False, "gaussian"
+    )
     return Dataset(info, {"train": x[:2], "valid": x[:2], "test": x})
 
 
@@ -125,7 +129,9 @@ def test_gap_is_kl_to_exact_posterior(lg):
 def test_poor_q_bound_below_truth_and_rises_with_k(lg):
     model, x = lg.model(mu_shift=0.5, var_scale=2.0, mu_gain=0.8), lg.sample(200)
     truth = lg.log_px(x).mean()
-    means = {k: importance_weighted(model, x, k, seed=3)["log_px_iw"].mean() for k in (1, 10, 100, 5000)}
+    means = {
+        k: importance_weighted(model, x, k, seed=3)["log_px_iw"].mean() for k in (1, 10, 100, 5000)
+    }
     assert means[1] < means[10] < means[100] < means[5000] <= truth + 1e-3
     assert truth - means[1] > 0.2  # the poor q really is poor
     assert truth - means[5000] < 0.05
@@ -146,7 +152,9 @@ def test_k1_is_the_single_sample_elbo(lg):
     mc_kl = (model.log_posterior(z, mu, logvar) - model.log_prior(z))[0]
     torch.testing.assert_close(est, -out.recon_nll - mc_kl, rtol=1e-12, atol=1e-12)
     # averaged over many draws, K = 1 estimates the closed-form ELBO
-    draws = torch.stack([importance_weighted(model, x, 1, seed=s)["log_px_iw"] for s in range(4000)])
+    draws = torch.stack(
+        [importance_weighted(model, x, 1, seed=s)["log_px_iw"] for s in range(4000)]
+    )
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
     assert ((mean - closed_form_elbo(lg, model, x)).abs() < 4.5 * se).all()
 
@@ -181,7 +189,9 @@ def test_memory_bounded_by_chunk_size(lg):
     """The decoder never sees more than max(chunk_size, batch) rows, whatever K."""
     model, x = lg.model(), lg.sample(10)
     rows = []
-    model.decoder.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[:-1].numel()))
+    model.decoder.register_forward_hook(
+        lambda mod, inp, out: rows.append(inp[0].shape[:-1].numel())
+    )
     importance_weighted(model, x, 5000, chunk_size=200)
     assert max(rows) <= 200 and sum(rows) == 5000 * 10
 

@@ -4,18 +4,58 @@ from __future__ import annotations
 
 import json
 
+
 def test_cli_evaluate_json_keys(tmp_path, capsys):
     from aevb.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--steps", "5", "--hidden", "16", "--figures", "false",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--steps",
+                "5",
+                "--hidden",
+                "16",
+                "--figures",
+                "false",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     report = tmp_path / "report.md"
-    assert main(["evaluate", str(run), "--split", "test", "--k", "20", "--naive", "10", "--json",
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--split",
+                "test",
+                "--k",
+                "20",
+                "--naive",
+                "10",
+                "--json",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
-    for key in ("log_px_iw", "neg_elbo", "rate", "distortion", "bits_per_dim", "gap", "log_px_naive"):
+    for key in (
+        "log_px_iw",
+        "neg_elbo",
+        "rate",
+        "distortion",
+        "bits_per_dim",
+        "gap",
+        "log_px_naive",
+    ):
         assert key in res and f"{key}_se" in res
     for key in ("active_units", "k", "n_examples", "kl_per_dim"):
         assert key in res

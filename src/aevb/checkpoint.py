@@ -71,7 +71,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 # --- config ---------------------------------------------------------------------------
-def save_config(run_dir: str | Path, config: RunConfig, dataset_info: dict[str, Any] | None = None) -> None:
+def save_config(
+    run_dir: str | Path, config: RunConfig, dataset_info: dict[str, Any] | None = None
+) -> None:
     from . import __version__
 
     d: dict[str, Any] = {"aevb_version": __version__, **config.to_dict()}
@@ -83,7 +85,9 @@ def save_config(run_dir: str | Path, config: RunConfig, dataset_info: dict[str, 
 def read_config_dict(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist; train one with `aevb train --out {run_dir}`")
+        raise CheckpointError(
+            f"run directory {run_dir} does not exist; train one with `aevb train --out {run_dir}`"
+        )
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not an aevb run: {CONFIG_FILE} is missing")
@@ -111,7 +115,9 @@ def load_dataset_info(run_dir: str | Path) -> dict[str, Any]:
 
 
 # --- tensors --------------------------------------------------------------------------
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """safetensors bytes of CPU-contiguous copies, written atomically."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, st_save(cpu, metadata=metadata))
@@ -128,13 +134,17 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"weights file {path} is corrupt ({e}); retrain or restore it") from None
+        raise CheckpointError(
+            f"weights file {path} is corrupt ({e}); retrain or restore it"
+        ) from None
     return tensors, header.get("__metadata__", {}) or {}
 
 
 def save_model(model: nn.Module, run_dir: str | Path) -> None:
     """Write the model's weights to ``run_dir/model.safetensors`` (unwrap compiled/DDP first)."""
-    save_tensors(Path(run_dir) / MODEL_FILE, unwrap(model).state_dict(), {"format": "pt", "aevb": "model"})
+    save_tensors(
+        Path(run_dir) / MODEL_FILE, unwrap(model).state_dict(), {"format": "pt", "aevb": "model"}
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -160,7 +170,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         )
     for k, v in state.items():
         if own[k].shape != v.shape:
-            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{source}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
+            )
     model.load_state_dict(state, strict=True)
 
 

@@ -30,7 +30,9 @@ class Parser(argparse.ArgumentParser):
     valid_hint: str = ""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        valid = self.valid_hint or ", ".join(o for o in self._option_string_actions if o.startswith("--"))
+        valid = self.valid_hint or ", ".join(
+            o for o in self._option_string_actions if o.startswith("--")
+        )
         hint = f"; valid options: {valid}" if valid and "unrecognized" in message else ""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{hint}\n")
 
@@ -52,18 +54,31 @@ def build_parser() -> Parser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a VAE (or continue one with --resume)",
-                       description="Train a VAE. Every config field is a flag; the last line printed is the run directory.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    t.valid_hint = ", ".join(["--config", "--out", "--resume", "--no-progress", "--nproc",
-                              *_config_flags()])
-    t.add_argument("--config", metavar="FILE.json", help="start from this config (partial configs are fine)")
-    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<dataset>-<timestamp>)")
+    t = sub.add_parser(
+        "train",
+        help="train a VAE (or continue one with --resume)",
+        description="Train a VAE. Every config field is a flag; the last line printed is the run directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    t.valid_hint = ", ".join(
+        ["--config", "--out", "--resume", "--no-progress", "--nproc", *_config_flags()]
+    )
+    t.add_argument(
+        "--config", metavar="FILE.json", help="start from this config (partial configs are fine)"
+    )
+    t.add_argument(
+        "--out", metavar="RUN_DIR", help="run directory (default runs/<dataset>-<timestamp>)"
+    )
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run in place")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.add_argument("--nproc", type=int, metavar="N",
-                   help="train in N processes on this machine (torchrun + DistributedDataParallel; "
-                   "one GPU each on CUDA); --batch-size stays the global batch")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N processes on this machine (torchrun + DistributedDataParallel; "
+        "one GPU each on CUDA); --batch-size stays the global batch",
+    )
     groups = {s: t.add_argument_group(f"{s} config") for s in ("model", "data", "train")}
     for name, (section, f) in all_fields().items():
         flag = "--" + name.replace("_", "-")
@@ -72,24 +87,41 @@ def build_parser() -> Parser:
         help_text += f" (default: {f.default})".replace("%", "%%")
         is_bool = f.type in (bool, "bool")
         groups[section].add_argument(
-            flag, dest=f"cfg_{name}", default=argparse.SUPPRESS, metavar="" if is_bool else "VALUE",
-            nargs="?" if is_bool else None, const="true" if is_bool else None, help=help_text,
+            flag,
+            dest=f"cfg_{name}",
+            default=argparse.SUPPRESS,
+            metavar="" if is_bool else "VALUE",
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+            help=help_text,
         )
 
     e = sub.add_parser(
-        "evaluate", help="importance-sampled log p(x), neg-ELBO, rate, distortion on a whole split",
+        "evaluate",
+        help="importance-sampled log p(x), neg-ELBO, rate, distortion on a whole split",
         description="Score every example of a split once: log p(x) by importance sampling with K "
         "samples (Burda et al. 2015), the ELBO and its gap, rate (KL) and distortion (reconstruction "
         "NLL), per-dimension KL, active units and bits per dimension; each mean with a standard error.",
     )
     _run_arg(e)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    e.add_argument("--k", type=int, default=100, help="importance samples per example (5000 for papers)")
-    e.add_argument("--naive", type=int, default=0, metavar="N",
-                   help="also the naive estimate from N prior samples (shows why importance sampling is needed)")
-    e.add_argument("--chunk-size", type=int, default=None,
-                   help="most (example, sample) pairs decoded at once; bounds memory, not results "
-                   "(default 2048 on CPU, 262144 on GPU)")
+    e.add_argument(
+        "--k", type=int, default=100, help="importance samples per example (5000 for papers)"
+    )
+    e.add_argument(
+        "--naive",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the naive estimate from N prior samples (shows why importance sampling is needed)",
+    )
+    e.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="most (example, sample) pairs decoded at once; bounds memory, not results "
+        "(default 2048 on CPU, 262144 on GPU)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--report", metavar="FILE.md", help="also write a Markdown report")
     e.add_argument("--batch-size", type=int, default=500)
@@ -101,7 +133,9 @@ def build_parser() -> Parser:
     _run_arg(s)
     s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument("--temperature", type=float, default=1.0, help="z ~ N(0, T^2 I)")
-    s.add_argument("--mean", action="store_true", help="show E[x|z] instead of a draw of x ~ p(x|z)")
+    s.add_argument(
+        "--mean", action="store_true", help="show E[x|z] instead of a draw of x ~ p(x|z)"
+    )
     s.add_argument("--seed", type=int, default=0)
     _out_arg(s, "FILE.png", "also writes FILE.npy beside it (default RUN/figures/sample.png)")
 
@@ -148,7 +182,9 @@ def _out_arg(p: argparse.ArgumentParser, metavar: str, help: str) -> None:
 
 
 def _dataset_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", metavar="NAME|PATH", help="use other data than the run's (same shape)")
+    p.add_argument(
+        "--dataset", metavar="NAME|PATH", help="use other data than the run's (same shape)"
+    )
 
 
 # --- commands -------------------------------------------------------------------------
@@ -224,10 +260,15 @@ def _launch_train(args: argparse.Namespace) -> int:
     if code != 0:
         hint = ""
         if (Path(run) / ckpt.STATE_FILE).is_file():
-            hint = (f"; continue from its last checkpoint with "
-                    f"`aevb train --resume {run} --nproc {args.nproc}`")
-        print(f"aevb train: error: the {args.nproc}-process run stopped (torchrun exit status "
-              f"{code}; the failing rank's error is above){hint}", file=sys.stderr)
+            hint = (
+                f"; continue from its last checkpoint with "
+                f"`aevb train --resume {run} --nproc {args.nproc}`"
+            )
+        print(
+            f"aevb train: error: the {args.nproc}-process run stopped (torchrun exit status "
+            f"{code}; the failing rank's error is above){hint}",
+            file=sys.stderr,
+        )
     return code
 
 
@@ -293,18 +334,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--naive must be >= 0")
     model = _load(args.run, args.device)
     ds = _run_dataset(args.run, args.dataset)
-    res = evaluate(model, ds, args.split, args.k, chunk_size=args.chunk_size, naive=args.naive,
-                   batch_size=args.batch_size, seed=args.seed, progress=not args.json)
+    res = evaluate(
+        model,
+        ds,
+        args.split,
+        args.k,
+        chunk_size=args.chunk_size,
+        naive=args.naive,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.json,
+    )
     res["run"] = str(args.run)
     if args.report:
         ckpt.atomic_write_text(args.report, markdown_report(res, f"aevb evaluation of {args.run}"))
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{args.split} split, {res['n_examples']} examples, K = {res['k']}; nats per example (± standard error):")
-    rows = [("log p(x) (importance-sampled)", "log_px_iw"), ("log p(x) (naive, prior)", "log_px_naive"),
-            ("neg-ELBO", "neg_elbo"), ("gap log p(x) - ELBO", "gap"), ("KL (rate)", "rate"),
-            ("recon NLL (distortion)", "distortion"), ("bits per dimension", "bits_per_dim")]
+    print(
+        f"{args.split} split, {res['n_examples']} examples, K = {res['k']}; nats per example (± standard error):"
+    )
+    rows = [
+        ("log p(x) (importance-sampled)", "log_px_iw"),
+        ("log p(x) (naive, prior)", "log_px_naive"),
+        ("neg-ELBO", "neg_elbo"),
+        ("gap log p(x) - ELBO", "gap"),
+        ("KL (rate)", "rate"),
+        ("recon NLL (distortion)", "distortion"),
+        ("bits per dimension", "bits_per_dim"),
+    ]
     for label, key in rows:
         if key in res:
             print(f"  {label:30s} {res[key]:11.4f} ± {res[key + '_se']:.4f}")
@@ -477,7 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aevb {args.command}: error{rank_tag()}: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"aevb {args.command}: interrupted (training state saved; continue with --resume)", file=sys.stderr)
+        print(
+            f"aevb {args.command}: interrupted (training state saved; continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
     except OSError as e:
         print(f"aevb {args.command}: error: {e}", file=sys.stderr)

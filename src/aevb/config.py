@@ -185,9 +185,7 @@ def coerce(cls: type, name: str, value: Any) -> Any:
     try:
         out = _coerce_type(tp, value)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"{flag} expects {_type_name(tp)}, got {value!r}"
-        ) from None
+        raise ConfigError(f"{flag} expects {_type_name(tp)}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
         raise ConfigError(f"{flag} must be one of {list(choices)}, got {out!r}")

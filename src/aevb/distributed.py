@@ -194,8 +194,17 @@ def is_communication_failure(e: BaseException) -> bool:
     if isinstance(e, dist.DistError):
         return True
     text = str(e)
-    return any(s in text for s in ("Timed out", "timed out", "Connection closed by peer",
-                                   "Connection reset by peer", "NCCL", "gloo"))
+    return any(
+        s in text
+        for s in (
+            "Timed out",
+            "timed out",
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "NCCL",
+            "gloo",
+        )
+    )
 
 
 # --- collectives (no-ops in a single process) -----------------------------------------
@@ -298,8 +307,16 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 
     ``--standalone`` starts a rendezvous on a free local port (no fixed port to collide).
     """
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "-m", "aevb", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "aevb",
+        *argv,
+    ]
 
 
 def exit_process(code: int) -> NoReturn:

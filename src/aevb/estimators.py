@@ -28,7 +28,11 @@ from .distributions import gaussian_kl_per_dim
 
 
 def sample_noise(
-    seed: int, k0: int, k1: int, shape: tuple[int, ...], device: torch.device,
+    seed: int,
+    k0: int,
+    k1: int,
+    shape: tuple[int, ...],
+    device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Standard-normal noise ``[k1 - k0, *shape]`` where slice k depends only on (seed, k)."""
@@ -95,7 +99,9 @@ def importance_weighted(
 
 
 @torch.inference_mode()
-def naive_prior(model: nn.Module, x: Tensor, n: int, chunk_size: int = 2048, seed: int = 0) -> Tensor:
+def naive_prior(
+    model: nn.Module, x: Tensor, n: int, chunk_size: int = 2048, seed: int = 0
+) -> Tensor:
     """Naive Monte-Carlo ``log (1/n) sum_i p(x|z_i)``, ``z_i ~ p(z)``: ``[B, *event]`` -> ``[B]``.
 
     The same prior samples are shared by all examples of the batch (they do not depend
@@ -114,7 +120,9 @@ def naive_prior(model: nn.Module, x: Tensor, n: int, chunk_size: int = 2048, see
     return lse - math.log(n)
 
 
-def active_units(mu_sum: Tensor, mu_sq_sum: Tensor, n: int, threshold: float = 0.01) -> tuple[int, Tensor]:
+def active_units(
+    mu_sum: Tensor, mu_sq_sum: Tensor, n: int, threshold: float = 0.01
+) -> tuple[int, Tensor]:
     """Count latents with ``Cov_x(E_q[z_j|x]) > threshold`` from per-dimension sums of mu.
 
     Args:

@@ -250,9 +250,19 @@ def evaluate(
     for key in ("mu", "mu_se", "kl_per_dim_se"):
         res.pop(key, None)
     res.update(
-        recon_nll=res["distortion"], recon_nll_se=res["distortion_se"], kl=res["rate"], kl_se=res["rate_se"],
-        active_units=au, au_variance=au_var.tolist(), k=k, naive_samples=naive, chunk_size=chunk_size,
-        n_examples=acc.n, num_dims=num_dims, split=split, seconds=round(seconds, 3),
+        recon_nll=res["distortion"],
+        recon_nll_se=res["distortion_se"],
+        kl=res["rate"],
+        kl_se=res["rate_se"],
+        active_units=au,
+        au_variance=au_var.tolist(),
+        k=k,
+        naive_samples=naive,
+        chunk_size=chunk_size,
+        n_examples=acc.n,
+        num_dims=num_dims,
+        split=split,
+        seconds=round(seconds, 3),
         examples_x_k_per_s=acc.n * k / seconds if seconds > 0 else float("nan"),
     )
     return res
@@ -263,7 +273,9 @@ def default_chunk_size(device: torch.device) -> int:
     return 262_144 if device.type == "cuda" else 2048
 
 
-def _model_and_data(model: nn.Module | str | Path, dataset: Dataset | None) -> tuple[nn.Module, Dataset]:
+def _model_and_data(
+    model: nn.Module | str | Path, dataset: Dataset | None
+) -> tuple[nn.Module, Dataset]:
     """Load a run's model (and, unless given, its dataset); check the shapes agree."""
     from .checkpoint import load_config, load_model
     from .data import load_dataset

@@ -37,7 +37,9 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
-def image_grid(images: Tensor, ncol: int, pad: int = 1, value_range: tuple[float, float] = (0, 1)) -> np.ndarray:
+def image_grid(
+    images: Tensor, ncol: int, pad: int = 1, value_range: tuple[float, float] = (0, 1)
+) -> np.ndarray:
     """Tile ``[N, C, H, W]`` images into one ``[rows*(H+pad), ncol*(W+pad), C]`` array in [0, 1]."""
     lo, hi = value_range
     x = ((images.detach().float().cpu() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
@@ -46,9 +48,10 @@ def image_grid(images: Tensor, ncol: int, pad: int = 1, value_range: tuple[float
     out = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.float32)
     for i in range(n):
         r, k = divmod(i, ncol)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = (
-            x[i].permute(1, 2, 0).numpy()
-        )
+        out[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + k * (w + pad) : pad + k * (w + pad) + w,
+        ] = x[i].permute(1, 2, 0).numpy()
     return out
 
 
@@ -60,14 +63,18 @@ def _show(ax: plt.Axes, arr: np.ndarray) -> None:
     ax.set_axis_off()
 
 
-def _examples_figure(x: Tensor, ncol: int, title: str, value_range: tuple[float, float]) -> plt.Figure:
+def _examples_figure(
+    x: Tensor, ncol: int, title: str, value_range: tuple[float, float]
+) -> plt.Figure:
     """Images as a grid, 2-D points as a scatter, other vectors as heat-map rows."""
     shape = tuple(x.shape[1:])
     if is_image(shape):
         arr = image_grid(x, ncol, value_range=value_range)
         # Blow small images up (nearest neighbour) so an 8x8 digit is still legible.
         scale = min(8.0, max(1.0, 700 / max(arr.shape[:2])))
-        fig, ax = plt.subplots(figsize=(arr.shape[1] * scale / 100, arr.shape[0] * scale / 100 + 0.4))
+        fig, ax = plt.subplots(
+            figsize=(arr.shape[1] * scale / 100, arr.shape[0] * scale / 100 + 0.4)
+        )
         _show(ax, arr)
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -78,22 +85,36 @@ def _examples_figure(x: Tensor, ncol: int, title: str, value_range: tuple[float,
     return fig
 
 
-def plot_samples(samples: Tensor, path: str | Path, value_range: tuple[float, float] = (0, 1), title: str = "samples from the prior") -> Path:
+def plot_samples(
+    samples: Tensor,
+    path: str | Path,
+    value_range: tuple[float, float] = (0, 1),
+    title: str = "samples from the prior",
+) -> Path:
     """A grid of generated examples ``[N, *shape]``."""
     ncol = max(1, int(math.ceil(math.sqrt(len(samples)))))
     return _save(_examples_figure(samples, ncol, title, value_range), path)
 
 
 def plot_reconstructions(
-    x: Tensor, x_hat: Tensor, path: str | Path, value_range: tuple[float, float] = (0, 1), ncol: int = 8
+    x: Tensor,
+    x_hat: Tensor,
+    path: str | Path,
+    value_range: tuple[float, float] = (0, 1),
+    ncol: int = 8,
 ) -> Path:
     """Originals (odd rows) above their reconstructions (even rows)."""
     rows = []
     for i in range(0, len(x), ncol):
         rows += [x[i : i + ncol], x_hat[i : i + ncol]]
-    rows = [torch.cat([r, torch.full_like(x[: ncol - len(r)], float("nan"))]) if len(r) < ncol else r for r in rows]
+    rows = [
+        torch.cat([r, torch.full_like(x[: ncol - len(r)], float("nan"))]) if len(r) < ncol else r
+        for r in rows
+    ]
     stacked = torch.cat(rows).nan_to_num(value_range[1])
-    fig = _examples_figure(stacked, ncol, "originals (above) and reconstructions (below)", value_range)
+    fig = _examples_figure(
+        stacked, ncol, "originals (above) and reconstructions (below)", value_range
+    )
     return _save(fig, path)
 
 
@@ -105,7 +126,11 @@ def interpolation_latents(model: nn.Module, x: Tensor, steps: int, spherical: bo
 
 
 def plot_interpolation(
-    model: nn.Module, x: Tensor, path: str | Path, steps: int = 10, spherical: bool = False,
+    model: nn.Module,
+    x: Tensor,
+    path: str | Path,
+    steps: int = 10,
+    spherical: bool = False,
     value_range: tuple[float, float] = (0, 1),
 ) -> Path:
     """Each row decodes a straight (or spherical) path between two examples' latent means."""
@@ -116,14 +141,18 @@ def plot_interpolation(
     return _save(fig, path)
 
 
-def plot_manifold(model: nn.Module, path: str | Path, grid: int = 20, value_range: tuple[float, float] = (0, 1)) -> Path:
+def plot_manifold(
+    model: nn.Module, path: str | Path, grid: int = 20, value_range: tuple[float, float] = (0, 1)
+) -> Path:
     """Decode z = Phi^-1(u) over a uniform grid of u in (0, 1)^2 (2-D latents only)."""
     device = next(model.parameters()).device
     z = manifold_grid(grid).to(device)
     decoded = model.generate(z)
     shape = tuple(decoded.shape[1:])
     if is_image(shape):
-        fig = _examples_figure(decoded, grid, "learned manifold: decoded z = Phi^-1(u), u on a grid", value_range)
+        fig = _examples_figure(
+            decoded, grid, "learned manifold: decoded z = Phi^-1(u), u on a grid", value_range
+        )
     else:
         fig, ax = plt.subplots(figsize=(5, 5))
         pts = decoded.reshape(grid, grid, -1)[..., :2].cpu().numpy()
@@ -167,7 +196,11 @@ def plot_latents(mu: Tensor, labels: Tensor | None, path: str | Path) -> Path:
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     """neg-ELBO, reconstruction NLL and KL (nats per example) against step, train and valid."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    names = [("neg_elbo", "neg-ELBO"), ("recon_nll", "reconstruction NLL (distortion)"), ("kl", "KL (rate)")]
+    names = [
+        ("neg_elbo", "neg-ELBO"),
+        ("recon_nll", "reconstruction NLL (distortion)"),
+        ("kl", "KL (rate)"),
+    ]
     steps = [r["step"] for r in metrics]
     for ax, (key, label) in zip(axes, names, strict=True):
         for split, style in (("train", "-"), ("valid", "--")):
@@ -193,7 +226,9 @@ def plot_2d_data_vs_samples(data: Tensor, samples: Tensor, path: str | Path) -> 
     return _save(fig, path)
 
 
-def draw_run_figures(run_dir: str | Path, model: nn.Module, dataset: Dataset, seed: int = 0) -> list[Path]:
+def draw_run_figures(
+    run_dir: str | Path, model: nn.Module, dataset: Dataset, seed: int = 0
+) -> list[Path]:
     """The figures ``aevb train`` leaves in ``RUN/figures``; returns their paths."""
     out = Path(run_dir) / ckpt.FIGURES_DIR
     shape = tuple(dataset.info.shape)
@@ -211,8 +246,12 @@ def draw_run_figures(run_dir: str | Path, model: nn.Module, dataset: Dataset, se
         else:
             paths.append(plot_samples(model.sample(64), out / "samples.png", vr))
             x = dataset.head("test", 16).to(device)
-            paths.append(plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png", vr))
-            paths.append(plot_interpolation(model, x[:10], out / "interpolation.png", value_range=vr))
+            paths.append(
+                plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png", vr)
+            )
+            paths.append(
+                plot_interpolation(model, x[:10], out / "interpolation.png", value_range=vr)
+            )
         mu = torch.cat([model.embed(b.to(device)) for b in dataset.eval_batches("test", 1000)])
         paths.append(plot_latents(mu, dataset.labels("test"), out / "latents.png"))
         if model.config.latent_dim == 2:

@@ -150,7 +150,9 @@ class GaussianFixed(_Gaussian):
 class _GaussianLearnedParameter(_Gaussian):
     """sigma = sigma_min + softplus(raw), with ``raw`` a learned parameter of ``shape``."""
 
-    def __init__(self, event_shape: tuple[int, ...], shape: tuple[int, ...], sigma: float, sigma_min: float):
+    def __init__(
+        self, event_shape: tuple[int, ...], shape: tuple[int, ...], sigma: float, sigma_min: float
+    ):
         super().__init__(event_shape, sigma, sigma_min)
         if sigma <= sigma_min:
             raise ConfigError(f"--sigma ({sigma}) must exceed --sigma-min ({sigma_min})")
@@ -164,7 +166,9 @@ class _GaussianLearnedParameter(_Gaussian):
 @register_likelihood
 class GaussianShared(_GaussianLearnedParameter):
     name = "gaussian-shared"
-    description = "Gaussian with one learned standard deviation for all elements (initialised at --sigma)"
+    description = (
+        "Gaussian with one learned standard deviation for all elements (initialised at --sigma)"
+    )
 
     def __init__(self, event_shape: tuple[int, ...], sigma: float = 0.1, sigma_min: float = 1e-3):
         super().__init__(event_shape, (), sigma, sigma_min)
@@ -173,7 +177,9 @@ class GaussianShared(_GaussianLearnedParameter):
 @register_likelihood
 class GaussianPixel(_GaussianLearnedParameter):
     name = "gaussian-pixel"
-    description = "Gaussian with a learned standard deviation per data element (initialised at --sigma)"
+    description = (
+        "Gaussian with a learned standard deviation per data element (initialised at --sigma)"
+    )
 
     def __init__(self, event_shape: tuple[int, ...], sigma: float = 0.1, sigma_min: float = 1e-3):
         super().__init__(event_shape, tuple(event_shape), sigma, sigma_min)

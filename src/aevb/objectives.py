@@ -56,7 +56,9 @@ def register_objective(name: str) -> Callable[[Objective], Objective]:
     return deco
 
 
-def elbo_terms(log_px_given_z: Tensor, kl: Tensor, beta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+def elbo_terms(
+    log_px_given_z: Tensor, kl: Tensor, beta: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
     """Combine the Monte-Carlo reconstruction term and the closed-form KL (paper eq. 10).
 
     ``ELBO ~= (1/L) sum_l log p(x|z_l) - KL(q(z|x) || p(z))``, ``z_l = mu + sigma * eps_l``.

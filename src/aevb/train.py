@@ -157,8 +157,14 @@ def _train(
     # quarter of a CPU step for the 784-400-20 model); the arithmetic is Adam's.
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type in ("cpu", "cuda"))
 
-    state = {"step": 0, "epoch": 0, "best_valid": math.inf, "bad_epochs": 0, "wall_time_s": 0.0,
-             "stopped_early": False}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "best_valid": math.inf,
+        "bad_epochs": 0,
+        "wall_time_s": 0.0,
+        "stopped_early": False,
+    }
     if resume:
         # One training state per run, written by rank 0 at any world size, read by all.
         state.update(ckpt.load_training_state(run_dir, model, optimizer))
@@ -170,16 +176,29 @@ def _train(
 
     best_weights: dict[str, torch.Tensor] | None = None
     t0 = time.perf_counter() - state["wall_time_s"]
-    bar = tqdm(total=n_steps, initial=state["step"], desc="train", unit="step",
-               disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=n_steps,
+        initial=state["step"],
+        desc="train",
+        unit="step",
+        disable=not (progress and ctx.is_main),
+        dynamic_ncols=True,
+        leave=False,
+    )
     model.train()
     try:
         while state["step"] < n_steps and not state["stopped_early"]:
             epoch = state["epoch"]
             start = state["step"] - epoch * spe
             acc = MeanAccumulator()
-            batches = dataset.train_batches(tc.batch_size, tc.seed, epoch, start_step=start,
-                                            rank=ctx.rank, world_size=ctx.world_size)
+            batches = dataset.train_batches(
+                tc.batch_size,
+                tc.seed,
+                epoch,
+                start_step=start,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+            )
             # 3. The hot loop: no host sync except the occasional progress-bar refresh.
             for x in batches:
                 # Noise for the whole global batch, this rank's slice: every world size
@@ -217,8 +236,9 @@ def _train(
                 if valid < state["best_valid"]:
                     state["best_valid"], state["bad_epochs"] = valid, 0
                     if tc.patience is not None:
-                        best_weights = {k: v.detach().clone()
-                                        for k, v in model.state_dict().items()}
+                        best_weights = {
+                            k: v.detach().clone() for k, v in model.state_dict().items()
+                        }
                 else:
                     state["bad_epochs"] += 1
                     if tc.patience is not None and state["bad_epochs"] >= tc.patience:
@@ -303,8 +323,14 @@ def _write_artifact(
 
 
 def _log_epoch(
-    run_dir: Path, model: nn.Module, dataset: Dataset, config: RunConfig, state: dict,
-    acc: MeanAccumulator, t0: float, ctx: distributed.Context,
+    run_dir: Path,
+    model: nn.Module,
+    dataset: Dataset,
+    config: RunConfig,
+    state: dict,
+    acc: MeanAccumulator,
+    t0: float,
+    ctx: distributed.Context,
 ) -> dict[str, Any]:
     tc = config.train
     record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"]}
@@ -312,10 +338,18 @@ def _log_epoch(
     if acc.n:
         train_means = acc.result()
         record.update({f"train_{k}": v for k, v in train_means.items() if not k.endswith("_se")})
-    valid = evaluate_elbo(model, dataset, "valid", tc.eval_batch_size, seed=tc.seed,
-                          rank=ctx.rank, world_size=ctx.world_size)  # sharded, all-reduced
-    record.update({f"valid_{k}": v for k, v in valid.items()
-                   if not k.endswith("_se") and k != "n_examples"})
+    valid = evaluate_elbo(
+        model,
+        dataset,
+        "valid",
+        tc.eval_batch_size,
+        seed=tc.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )  # sharded, all-reduced
+    record.update(
+        {f"valid_{k}": v for k, v in valid.items() if not k.endswith("_se") and k != "n_examples"}
+    )
     record["wall_time_s"] = round(time.perf_counter() - t0, 3)
     model.train()
     if ctx.is_main:

@@ -58,7 +58,7 @@ def _load(config: DataConfig) -> Dataset:
     name = config.dataset
     if name.startswith(PYTHON_SOURCE):
         raise DataError(
-            f"this run was trained on data passed from Python ({name[len(PYTHON_SOURCE):]}), which "
+            f"this run was trained on data passed from Python ({name[len(PYTHON_SOURCE) :]}), which "
             "aevb cannot reload; give the data again (--dataset PATH, or dataset= in Python)"
         )
     if name in DATASETS:

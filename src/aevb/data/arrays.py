@@ -72,8 +72,11 @@ def load_array_file(path: Path, config: DataConfig) -> Dataset:
         parts = {s: to_examples(arrays[s], f"{path.name}[{s}]") for s in SPLITS}
         splits = {s: p[0] for s, p in parts.items()}
         transform = parts["train"][1]
-        labels = {s: torch.from_numpy(arrays[f"{s}_labels"].astype(np.int64))
-                  for s in SPLITS if f"{s}_labels" in arrays} or None
+        labels = {
+            s: torch.from_numpy(arrays[f"{s}_labels"].astype(np.int64))
+            for s in SPLITS
+            if f"{s}_labels" in arrays
+        } or None
         shapes = {tuple(x.shape[1:]) for x in splits.values()}
         if len(shapes) > 1:
             raise DataError(f"{path}: the splits have different example shapes {sorted(shapes)}")
@@ -102,7 +105,12 @@ def load_array_file(path: Path, config: DataConfig) -> Dataset:
     likelihood = "bernoulli" if lo >= 0.0 and hi <= 1.0 else "gaussian"
     shape = tuple(splits["train"].shape[1:])
     info = DatasetInfo(
-        str(path), shape, (lo, hi), labels is not None, likelihood,
-        f"user array {path.name}", transform,
+        str(path),
+        shape,
+        (lo, hi),
+        labels is not None,
+        likelihood,
+        f"user array {path.name}",
+        transform,
     )
     return Dataset(info, splits, labels)

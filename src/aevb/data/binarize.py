@@ -89,8 +89,13 @@ def binarized_info(info: DatasetInfo, mode: str, seed: int) -> DatasetInfo:
     if mode == "dynamic":
         transform["binarize_seed"] = seed
     return DatasetInfo(
-        info.name, info.shape, (0.0, 1.0), info.has_labels, "bernoulli",
-        f"{info.description}; binarized ({mode})", transform,
+        info.name,
+        info.shape,
+        (0.0, 1.0),
+        info.has_labels,
+        "bernoulli",
+        f"{info.description}; binarized ({mode})",
+        transform,
     )
 
 

@@ -29,16 +29,22 @@ LINE = 2 * PIXELS  # 784 digits, 783 spaces, one newline
 # (tensorflow_datasets/url_checksums/binarized_mnist.txt).
 FILES = {
     "train": RemoteFile(
-        "binarized_mnist_train.amat", (BASE_URL + "binarized_mnist_train.amat",),
-        "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d", 78_400_000,
+        "binarized_mnist_train.amat",
+        (BASE_URL + "binarized_mnist_train.amat",),
+        "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+        78_400_000,
     ),
     "valid": RemoteFile(
-        "binarized_mnist_valid.amat", (BASE_URL + "binarized_mnist_valid.amat",),
-        "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2", 15_680_000,
+        "binarized_mnist_valid.amat",
+        (BASE_URL + "binarized_mnist_valid.amat",),
+        "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+        15_680_000,
     ),
     "test": RemoteFile(
-        "binarized_mnist_test.amat", (BASE_URL + "binarized_mnist_test.amat",),
-        "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c", 15_680_000,
+        "binarized_mnist_test.amat",
+        (BASE_URL + "binarized_mnist_test.amat",),
+        "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+        15_680_000,
     ),
 }
 SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
@@ -86,7 +92,11 @@ def load_binarized_mnist(config: DataConfig) -> Dataset:
             raise DataError(f"binarized-MNIST {s} split has {len(x)} examples, expected {SIZES[s]}")
         splits[s] = torch.from_numpy(x).view(-1, 1, 28, 28).float()
     info = DatasetInfo(
-        "binarized-mnist", (1, 28, 28), (0.0, 1.0), False, "bernoulli",
+        "binarized-mnist",
+        (1, 28, 28),
+        (0.0, 1.0),
+        False,
+        "bernoulli",
         "statically binarized MNIST (Larochelle & Murray 2011)",
         {"source": "binarized_mnist_{train,valid,test}.amat", "sha256": hashes},
     )

@@ -26,22 +26,29 @@ def load_digits(config: DataConfig) -> Dataset:
         x, y, config.valid_fraction, config.test_fraction, config.split_seed
     )
     info = DatasetInfo(
-        "digits", (1, 8, 8), (0.0, 1.0), True, "bernoulli",
+        "digits",
+        (1, 8, 8),
+        (0.0, 1.0),
+        True,
+        "bernoulli",
         "scikit-learn 8x8 digits scaled from 0..16 to [0, 1]",
         {"scale": 1 / 16},
     )
     return Dataset(info, splits, labels)
 
 
-def _synthetic(
-    name: str, x: torch.Tensor, config: DataConfig, description: str, y=None
-) -> Dataset:
+def _synthetic(name: str, x: torch.Tensor, config: DataConfig, description: str, y=None) -> Dataset:
     splits, labels = random_splits(
         x, y, config.valid_fraction, config.test_fraction, config.split_seed
     )
     lo, hi = float(x.min()), float(x.max())
     info = DatasetInfo(
-        name, (2,), (lo, hi), y is not None, "gaussian-shared", description,
+        name,
+        (2,),
+        (lo, hi),
+        y is not None,
+        "gaussian-shared",
+        description,
         {"generator": name, "n": len(x), "seed": config.split_seed},
     )
     return Dataset(info, splits, labels)
@@ -69,7 +76,10 @@ def load_moons(config: DataConfig) -> Dataset:
 
     x, y = make_moons(config.synthetic_size, noise=0.05, random_state=config.split_seed)
     return _synthetic(
-        "moons", torch.tensor(x, dtype=torch.float32), config, "two moons",
+        "moons",
+        torch.tensor(x, dtype=torch.float32),
+        config,
+        "two moons",
         torch.tensor(y, dtype=torch.int64),
     )
 

@@ -96,17 +96,25 @@ def load_cifar10(config: DataConfig) -> Dataset:
     (xtr, ytr), (xva, yva) = holdout_valid(xtr, ytr, config.valid_fraction, config.split_seed)
     xte, yte = as_tensors([batches[TEST_BATCH]])
     info = DatasetInfo(
-        "cifar10", (3, 32, 32), (0.0, 1.0), True, "gaussian-pixel",
+        "cifar10",
+        (3, 32, 32),
+        (0.0, 1.0),
+        True,
+        "gaussian-pixel",
         "CIFAR-10 (Krizhevsky 2009), binary version, RGB / 255",
         {
             "scale": 1 / 255,
-            "valid": {"fraction": config.valid_fraction, "seed": config.split_seed,
-                      "of": "official training split"},
+            "valid": {
+                "fraction": config.valid_fraction,
+                "seed": config.split_seed,
+                "of": "official training split",
+            },
             "classes": list(CLASSES),
             "sha256": FILE.sha256,
         },
     )
     return Dataset(
-        info, {"train": xtr, "valid": xva, "test": xte},
+        info,
+        {"train": xtr, "valid": xva, "test": xte},
         {"train": ytr, "valid": yva, "test": yte},  # type: ignore[dict-item]
     )

@@ -357,8 +357,14 @@ def _stream(
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
             length = resp.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
-            with tqdm(total=expected, unit="B", unit_scale=True, desc=label, leave=False,
-                      disable=None if progress is None else not progress) as bar:
+            with tqdm(
+                total=expected,
+                unit="B",
+                unit_scale=True,
+                desc=label,
+                leave=False,
+                disable=None if progress is None else not progress,
+            ) as bar:
                 while chunk := resp.read(CHUNK):
                     h.update(chunk)
                     out.write(chunk)

@@ -73,7 +73,11 @@ def load_frey_face(config: DataConfig) -> Dataset:
         x, None, config.valid_fraction, config.test_fraction, config.split_seed
     )
     info = DatasetInfo(
-        "frey-face", (1, HEIGHT, WIDTH), (0.0, 1.0), False, "gaussian-decoded",
+        "frey-face",
+        (1, HEIGHT, WIDTH),
+        (0.0, 1.0),
+        False,
+        "gaussian-decoded",
         "Frey Face (Roweis's frey_rawface.mat), grey levels / 255",
         {"scale": 1 / 255, "sha256": sha, "split_seed": config.split_seed},
     )

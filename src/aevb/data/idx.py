@@ -85,54 +85,99 @@ class IdxSource:
 # {mnist,fashion_mnist,kmnist}.txt. Decompressed MNIST SHA-256: the t10k values are those of
 # ../shared/data/README.md; the train values agree across several independent public projects.
 MNIST = IdxSource(
-    "mnist", "mnist",
+    "mnist",
+    "mnist",
     ("http://yann.lecun.com/exdb/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
     {
         "train-images-idx3-ubyte.gz": (
-            9_912_422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+            9_912_422,
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        ),
         "train-labels-idx1-ubyte.gz": (
-            28_881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+            28_881,
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        ),
         "t10k-images-idx3-ubyte.gz": (
-            1_648_877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+            1_648_877,
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        ),
         "t10k-labels-idx1-ubyte.gz": (
-            4_542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+            4_542,
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ),
     },
     tuple(str(d) for d in range(10)),
     "LeCun, Bottou, Bengio & Haffner 1998",
 )
 FASHION_MNIST = IdxSource(
-    "fashion-mnist", "fashion_mnist",
+    "fashion-mnist",
+    "fashion_mnist",
     ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     {
         "train-images-idx3-ubyte.gz": (
-            26_421_880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", None),
+            26_421_880,
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            None,
+        ),
         "train-labels-idx1-ubyte.gz": (
-            29_515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", None),
+            29_515,
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            None,
+        ),
         "t10k-images-idx3-ubyte.gz": (
-            4_422_102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", None),
+            4_422_102,
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            None,
+        ),
         "t10k-labels-idx1-ubyte.gz": (
-            5_148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", None),
+            5_148,
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            None,
+        ),
     },
-    ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-     "Ankle boot"),
+    (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
     "Xiao, Rasul & Vollgraf 2017",
 )
 KMNIST = IdxSource(
-    "kmnist", "kmnist",
+    "kmnist",
+    "kmnist",
     ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
     {
         "train-images-idx3-ubyte.gz": (
-            18_165_135, "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4", None),
+            18_165_135,
+            "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+            None,
+        ),
         "train-labels-idx1-ubyte.gz": (
-            29_497, "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17", None),
+            29_497,
+            "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+            None,
+        ),
         "t10k-images-idx3-ubyte.gz": (
-            3_041_136, "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5", None),
+            3_041_136,
+            "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+            None,
+        ),
         "t10k-labels-idx1-ubyte.gz": (
-            5_120, "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c", None),
+            5_120,
+            "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+            None,
+        ),
     },
     ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
     "Clanuwat et al. 2018 (Kuzushiji-MNIST)",
@@ -172,24 +217,34 @@ def load_idx_dataset(source: IdxSource, config: DataConfig) -> Dataset:
     (xtr, ytr), (xva, yva) = holdout_valid(xtr, ytr, config.valid_fraction, config.split_seed)
     xte, yte = as_tensors(x_test, y_test)
     info = DatasetInfo(
-        source.name, tuple(xtr.shape[1:]), (0.0, 1.0), True, "bernoulli",
+        source.name,
+        tuple(xtr.shape[1:]),
+        (0.0, 1.0),
+        True,
+        "bernoulli",
         f"{source.citation}: grey levels / 255, labels {', '.join(source.classes)}",
         {
             "scale": 1 / 255,
-            "valid": {"fraction": config.valid_fraction, "seed": config.split_seed,
-                      "of": "official training split"},
+            "valid": {
+                "fraction": config.valid_fraction,
+                "seed": config.split_seed,
+                "of": "official training split",
+            },
             "classes": list(source.classes),
             "sha256": {**h_train, **h_test},
         },
     )
     return Dataset(
-        info, {"train": xtr, "valid": xva, "test": xte},
+        info,
+        {"train": xtr, "valid": xva, "test": xte},
         {"train": ytr, "valid": yva, "test": yte},  # type: ignore[dict-item]
     )
 
 
-_DOC = ("(1, 28, 28) grey levels in [0, 1], labels 0-9; official 60,000 train (a seeded "
-        "--valid-fraction held out for validation) / 10,000 test; bernoulli")
+_DOC = (
+    "(1, 28, 28) grey levels in [0, 1], labels 0-9; official 60,000 train (a seeded "
+    "--valid-fraction held out for validation) / 10,000 test; bernoulli"
+)
 
 
 @register_dataset("mnist", f"MNIST handwritten digits, IDX: {_DOC}")

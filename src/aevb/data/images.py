@@ -155,7 +155,10 @@ def load_image_folder(path: Path, config: DataConfig) -> Dataset:
     nbytes = n * channels * h * w * 4
     on_disk = nbytes > config.memory_budget_mb * 2**20
     info = DatasetInfo(
-        str(path), (channels, h, w), (0.0, 1.0), labels is not None,
+        str(path),
+        (channels, h, w),
+        (0.0, 1.0),
+        labels is not None,
         "bernoulli" if channels == 1 else "gaussian-pixel",
         f"{n} images from {path}{' (read from disk)' if on_disk else ''}",
         {
@@ -172,10 +175,16 @@ def load_image_folder(path: Path, config: DataConfig) -> Dataset:
         logger.warning(
             "%s: %d images need %.0f MiB as float32, over --memory-budget-mb %d; reading them "
             "from disk with %d DataLoader workers (--num-workers)",
-            path, n, nbytes / 2**20, config.memory_budget_mb, config.num_workers,
+            path,
+            n,
+            nbytes / 2**20,
+            config.memory_budget_mb,
+            config.num_workers,
         )
-        sources = {s: ImageFiles([files[i] for i in idx.tolist()], channels, (h, w))
-                   for s, idx in parts.items()}
+        sources = {
+            s: ImageFiles([files[i] for i in idx.tolist()], channels, (h, w))
+            for s, idx in parts.items()
+        }
         return StreamingDataset(info, sources, split_labels, config.num_workers)
     arr = np.empty((n, channels, h, w), dtype=np.uint8)
     for i, f in enumerate(files):

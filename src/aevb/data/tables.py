@@ -39,9 +39,7 @@ def read_csv_columns(path: Path, columns: str | None) -> tuple[list[str], np.nda
             wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else header
             unknown = [c for c in wanted if c not in header]
             if unknown:
-                raise DataError(
-                    f"{path} has no column(s) {unknown}; its columns are {header}"
-                )
+                raise DataError(f"{path} has no column(s) {unknown}; its columns are {header}")
             if len(set(wanted)) != len(wanted):
                 raise DataError(f"--columns names a column twice: {wanted}")
             picks = [header.index(c) for c in wanted]
@@ -107,7 +105,11 @@ def load_csv(path: Path, config: DataConfig) -> Dataset:
     lo = float(x.min())
     hi = float(x.max())
     info = DatasetInfo(
-        str(path), (len(names),), (lo, hi), False, "gaussian-pixel",
+        str(path),
+        (len(names),),
+        (lo, hi),
+        False,
+        "gaussian-pixel",
         f"{len(table)} rows of {path.name}, columns {', '.join(names)}, standardised",
         {
             "kind": "csv",

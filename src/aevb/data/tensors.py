@@ -67,15 +67,18 @@ def from_tensor(
     if likelihood is None:
         likelihood = "bernoulli" if lo >= 0.0 and hi <= 1.0 else "gaussian-pixel"
     info = DatasetInfo(
-        name, tuple(x.shape[1:]), (lo, hi), y is not None, likelihood,
-        f"{len(x)} examples given from Python", {"kind": "tensor", "split_seed": seed},
+        name,
+        tuple(x.shape[1:]),
+        (lo, hi),
+        y is not None,
+        likelihood,
+        f"{len(x)} examples given from Python",
+        {"kind": "tensor", "split_seed": seed},
     )
     return Dataset(info, splits, split_labels)
 
 
-def from_torch_dataset(
-    dataset: TorchDataset, *, batch_size: int = 256, **kwargs: Any
-) -> Dataset:
+def from_torch_dataset(dataset: TorchDataset, *, batch_size: int = 256, **kwargs: Any) -> Dataset:
     """Read a map-style ``torch.utils.data.Dataset`` into memory, then :func:`from_tensor`.
 
     Items are either an example tensor ``[*shape]`` or a pair ``(example, label)`` (as
@@ -89,8 +92,10 @@ def from_torch_dataset(
     try:
         n = len(dataset)  # type: ignore[arg-type]
     except TypeError:
-        raise DataError("from_torch_dataset needs a map-style dataset with len(); "
-                        "collect an iterable one into a tensor and call from_tensor") from None
+        raise DataError(
+            "from_torch_dataset needs a map-style dataset with len(); "
+            "collect an iterable one into a tensor and call from_tensor"
+        ) from None
     if n == 0:
         raise DataError("the dataset is empty")
     xs: list[Tensor] = []

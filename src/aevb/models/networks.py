@@ -36,7 +36,13 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str):
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        hidden: tuple[int, ...],
+        latent_dim: int,
+        activation: str,
+    ):
         super().__init__()
         self.net = mlp([math.prod(event_shape), *hidden, 2 * latent_dim], activation)
         self.event_dims = len(event_shape)
@@ -46,7 +52,14 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str, n_params: int):
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        hidden: tuple[int, ...],
+        latent_dim: int,
+        activation: str,
+        n_params: int,
+    ):
         super().__init__()
         self.out_shape = (n_params, *event_shape)
         self.net = mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)], activation)
@@ -75,13 +88,22 @@ def conv_sizes(event_shape: tuple[int, ...], n_layers: int) -> list[tuple[int, i
 
 
 class ConvEncoder(nn.Module):
-    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str):
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        hidden: tuple[int, ...],
+        latent_dim: int,
+        activation: str,
+    ):
         super().__init__()
         sizes = conv_sizes(event_shape, len(hidden))
         chans = [event_shape[0], *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:], strict=True):
-            layers += [nn.Conv2d(a, b, kernel_size=4, stride=2, padding=1), ACTIVATIONS[activation]()]
+            layers += [
+                nn.Conv2d(a, b, kernel_size=4, stride=2, padding=1),
+                ACTIVATIONS[activation](),
+            ]
         self.conv = nn.Sequential(*layers)
         h, w = sizes[-1]
         self.head = nn.Linear(chans[-1] * h * w, 2 * latent_dim)
@@ -93,13 +115,22 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    def __init__(self, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str, n_params: int):
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        hidden: tuple[int, ...],
+        latent_dim: int,
+        activation: str,
+        n_params: int,
+    ):
         super().__init__()
         self.sizes = conv_sizes(event_shape, len(hidden))
         self.n_params, self.event_shape = n_params, tuple(event_shape)
         h, w = self.sizes[-1]
         self.top = (hidden[-1], h, w)
-        self.fc = nn.Sequential(nn.Linear(latent_dim, hidden[-1] * h * w), ACTIVATIONS[activation]())
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim, hidden[-1] * h * w), ACTIVATIONS[activation]()
+        )
         chans = [n_params * event_shape[0], *hidden]
         self.deconvs = nn.ModuleList(
             nn.ConvTranspose2d(chans[i + 1], chans[i], kernel_size=4, stride=2, padding=1)
@@ -119,7 +150,12 @@ class ConvDecoder(nn.Module):
 
 
 def build_networks(
-    arch: str, event_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str, n_params: int
+    arch: str,
+    event_shape: tuple[int, ...],
+    hidden: tuple[int, ...],
+    latent_dim: int,
+    activation: str,
+    n_params: int,
 ) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) for ``arch`` in {'mlp', 'conv'}."""
     if arch == "mlp":

@@ -124,7 +124,9 @@ class VAE(nn.Module):
         return self.generate(z, mean=mean, generator=generator)
 
     @torch.no_grad()
-    def generate(self, z: Tensor, mean: bool = True, generator: torch.Generator | None = None) -> Tensor:
+    def generate(
+        self, z: Tensor, mean: bool = True, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Decode latents ``[..., D]`` to data ``[..., *event]`` (mean, or a sample of p(x|z))."""
         params = self.decode(z)
         if mean:
@@ -170,7 +172,9 @@ def check_model_config(config: ModelConfig) -> None:
     if not config.input_shape or any(s <= 0 for s in config.input_shape):
         raise ConfigError(f"input_shape must be positive sizes, got {config.input_shape}")
     if config.likelihood == "auto":
-        raise ConfigError("likelihood 'auto' must be resolved from the data before building a model")
+        raise ConfigError(
+            "likelihood 'auto' must be resolved from the data before building a model"
+        )
     if config.latent_dim < 1:
         raise ConfigError(f"--latent-dim must be >= 1, got {config.latent_dim}")
     if config.samples < 1:
@@ -180,4 +184,6 @@ def check_model_config(config: ModelConfig) -> None:
     if any(h < 1 for h in config.hidden):
         raise ConfigError(f"--hidden sizes must be >= 1, got {config.hidden}")
     if config.objective not in OBJECTIVES:
-        raise ConfigError(f"unknown --objective {config.objective!r}; choose one of {sorted(OBJECTIVES)}")
+        raise ConfigError(
+            f"unknown --objective {config.objective!r}; choose one of {sorted(OBJECTIVES)}"
+        )
