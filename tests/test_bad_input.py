@@ -91,6 +91,9 @@ def test_batch_larger_than_the_training_split(tmp_path):
 
 def test_bad_model_setting(tmp_path):
     _train_fails(tmp_path, "--latent-dim", "0", fragments=("--latent-dim",))
+    for likelihood in ("gaussian-pixel", "gaussian-decoded"):
+        args = ("--likelihood", likelihood, "--sigma-min", "-1")
+        _train_fails(tmp_path, *args, fragments=("--sigma-min",))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -130,8 +133,33 @@ def test_config_file_with_unknown_key(tmp_path):
     _train_fails(tmp_path, "--config", tmp_path / "missing.json", fragments=("does not exist",))
 
 
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--eval-batch-size", "0"),
+        ("--log-every", "0"),
+        ("--checkpoint-every", "-1"),
+        ("--grad-clip", "-1"),
+        ("--patience", "0"),
+    ],
+)
+def test_bad_training_setting(tmp_path, flag, value):
+    _train_fails(tmp_path, flag, value, fragments=(flag,))
+
+
 def test_bad_command_arguments(run_dir, tmp_path):
     assert_one_line_error(run_cli("sample", run_dir, "-n", "0", "--out", tmp_path / "s.png"), "-n")
+    for n in ("0", "-3"):
+        res = run_cli("reconstruct", run_dir, "-n", n, "--out", tmp_path / "r.png")
+        assert_one_line_error(res, "-n")
+    for pairs in ("0", "-1"):
+        res = run_cli("interpolate", run_dir, "--pairs", pairs, "--out", tmp_path / "i.png")
+        assert_one_line_error(res, "--pairs")
+    res = run_cli("sample", run_dir, "--temperature", "nan", "--out", tmp_path / "s.png")
+    assert_one_line_error(res, "--temperature")
+    assert not (tmp_path / "r.png").exists() and not (tmp_path / "i.png").exists()
     assert_one_line_error(run_cli("interpolate", run_dir, "--steps", "1"), "--steps")
     assert_one_line_error(run_cli("manifold", run_dir, "--grid", "1"), "--grid")
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "s.npy").exists()
@@ -197,6 +225,31 @@ def test_corrupt_weights(run_copy, damage, target):
     assert_one_line_error(res, target, "corrupt")
     after = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
     assert after == before  # nothing rewritten by the failed command
+
+
+def test_resume_to_a_step_already_reached(run_copy):
+    """A resume that would not train must say so, not rewrite the config with fewer steps."""
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    res = run_cli("train", "--resume", run_copy, "--steps", "10", "--no-progress")
+    assert_one_line_error(res, "already at step 20", "--steps")
+    after = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_resume_of_a_run_that_stopped_early(tmp_path):
+    # lr 1e-30 leaves the weights unchanged: epoch 2 is no better than epoch 1, so it stops.
+    run = tmp_path / "run"
+    argv = [*SMALL[:2], "--batch-size", "64", "--lr", "1e-30", "--patience", "1"]
+    res = run_cli(
+        "train", *argv, "--epochs", "5", "--figures", "false", "--no-progress", "--out", run
+    )
+    assert res.code == 0, res.err
+    assert ckpt.read_metrics(run)[-1]["epoch"] == 2
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    res = run_cli("train", "--resume", run, "--epochs", "10", "--no-progress")
+    assert_one_line_error(res, "stopped early", "--patience")
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before
 
 
 @pytest.mark.parametrize("target", [ckpt.MODEL_FILE, ckpt.STATE_FILE])

@@ -128,6 +128,20 @@ def test_sample_writes_png_and_npy(run_dir, tmp_path):
     assert np.array_equal(x, np.load(tmp_path / "t.npy"))
 
 
+def test_samples_of_2d_data_are_a_scatter(tmp_path, monkeypatch):
+    """2-D points are drawn as points (as in the training figure), not as a heat map."""
+    import torch
+
+    from aevb import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    figures.plot_samples(torch.randn(50, 2), tmp_path / "s.png")
+    (ax,) = drawn[0].axes
+    assert not ax.images, "2-D samples were drawn as an image"
+    assert ax.collections[0].get_offsets().shape == (50, 2)
+
+
 def test_sample_default_output_is_in_the_run(run_dir):
     res = run_cli("sample", run_dir, "-n", "4")
     assert res.code == 0, res.err

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import run_cli, state_dicts_equal
 
 import aevb
@@ -136,3 +137,38 @@ def test_train_refuses_to_overwrite_a_run(tmp_path):
     res = run_cli("train", "--hidden", "32", "--steps", "3", "--out", run, "--no-progress")
     assert res.code != 0 and "--resume" in res.err
     assert state_dicts_equal(_state(run), before)
+
+
+def test_early_stopping_keeps_the_best_weights_across_a_resume(tmp_path):
+    """--patience: the best weights so far live in the training state, so a resumed run
+    that never improves still saves the best epoch's weights, bit-exactly."""
+    import aevb
+    from aevb.checkpoint import load_best_weights, read_metrics
+    from aevb.config import RunConfig
+
+    run = tmp_path / "run"
+    # Deterministic on the CPU: at lr 0.1 epoch 2 is the best of 3 (27.027 < 27.036).
+    config = RunConfig().replace(
+        hidden=(16,), batch_size=64, epochs=3, patience=50, figures=False, lr=0.1
+    )
+    aevb.train(config, run, progress=False)
+    best = load_best_weights(run)
+    records = read_metrics(run)
+    best_epoch = min(records, key=lambda r: r["valid_neg_elbo"])["epoch"]
+    assert best is not None and best_epoch < records[-1]["epoch"]  # best is not the last
+    last = {
+        k[6:]: v
+        for k, v in ckpt.load_tensors(run / ckpt.STATE_FILE)[0].items()
+        if k.startswith("model.")
+    }
+    assert not all(torch.equal(last[k], best[k]) for k in best)
+    # A learning rate too small to move float32 weights: no later epoch can be better.
+    result = aevb.resume(run, epochs=5, progress=False, lr=1e-30)
+    records = read_metrics(run)
+    assert len(records) == 5
+    assert (
+        min(r["valid_neg_elbo"] for r in records[3:]) >= records[best_epoch - 1]["valid_neg_elbo"]
+    )
+    saved = aevb.load(run).state_dict()
+    assert all(torch.equal(saved[k], best[k]) for k in best)
+    assert result.metrics["best_epoch"] == best_epoch

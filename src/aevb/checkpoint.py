@@ -200,11 +200,17 @@ def save_training_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     progress: dict[str, Any],
+    best: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write everything needed to continue training bit-exactly, as one atomic file."""
+    """Write everything needed to continue training bit-exactly, as one atomic file.
+
+    ``best`` (early stopping) is the state dict of the best weights so far.
+    """
     tensors: dict[str, torch.Tensor] = {}
     for k, v in unwrap(model).state_dict().items():
         tensors[f"model.{k}"] = v
+    for k, v in (best or {}).items():
+        tensors[f"best.{k}"] = v
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, st in opt["state"].items():
@@ -255,6 +261,13 @@ def load_training_state(
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     return meta["progress"]
+
+
+def load_best_weights(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
+    """The best weights kept by early stopping in the training state, or None."""
+    tensors, _ = load_tensors(Path(run_dir) / STATE_FILE)
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return best or None
 
 
 # --- metrics --------------------------------------------------------------------------

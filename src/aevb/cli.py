@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,6 @@ def build_parser() -> Parser:
         "train",
         help="train a VAE (or continue one with --resume)",
         description="Train a VAE. Every config field is a flag; the last line printed is the run directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
     t.valid_hint = ", ".join(
@@ -299,6 +299,12 @@ def _print_summary(m: dict[str, Any]) -> None:
         f"step {m['step']}  epoch {m['epoch']}  valid neg-ELBO {m['valid_neg_elbo']:.3f} nats/example "
         f"(recon NLL {m['valid_recon_nll']:.3f}, KL {m['valid_kl']:.3f})  wall {m['wall_time_s']:.1f}s"
     )
+    if m.get("best_epoch") is not None:
+        why = "stopped early; " if m.get("stopped_early") else ""
+        print(
+            f"{why}model.safetensors holds the best epoch, {m['best_epoch']} "
+            f"(valid neg-ELBO {m['best_valid_neg_elbo']:.3f} nats/example)"
+        )
 
 
 def _load(run: str, device: str = "cpu"):
@@ -384,6 +390,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError("-n must be >= 1")
+    if not math.isfinite(args.temperature):
+        raise ConfigError(f"--temperature must be a finite number, got {args.temperature}")
     model = _load(args.run)
     gen = torch.Generator().manual_seed(args.seed)
     x = model.sample(args.n, temperature=args.temperature, mean=args.mean, generator=gen)
@@ -397,6 +405,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .figures import plot_reconstructions
 
+    if args.n < 1:
+        raise ConfigError("-n must be >= 1")
     model = _load(args.run)
     ds = _run_dataset(args.run, args.dataset)
     x = ds.head(args.split, args.n)
@@ -413,6 +423,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
     if args.steps < 2:
         raise ConfigError("--steps must be >= 2")
+    if args.pairs < 1:
+        raise ConfigError("--pairs must be >= 1")
     model = _load(args.run)
     ds = _run_dataset(args.run)
     x = ds.head(args.split, 2 * args.pairs)
@@ -535,11 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aevb {args.command}: error{rank_tag()}: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(
-            f"aevb {args.command}: interrupted (training state saved; continue with --resume)",
-            file=sys.stderr,
-        )
+        saved = " (training state saved; continue with --resume)" if args.command == "train" else ""
+        print(f"aevb {args.command}: interrupted{saved}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `aevb info RUN | head`: the reader left; nothing to report
+        sys.stderr.close()
+        return 0
     except OSError as e:
         print(f"aevb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -91,7 +91,14 @@ def plot_samples(
     value_range: tuple[float, float] = (0, 1),
     title: str = "samples from the prior",
 ) -> Path:
-    """A grid of generated examples ``[N, *shape]``."""
+    """A grid of generated examples ``[N, *shape]`` (a scatter for 2-D points)."""
+    if tuple(samples.shape[1:]) == (2,):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        pts = samples.detach().cpu().numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.6)
+        ax.set_aspect("equal")
+        ax.set_title(title)
+        return _save(fig, path)
     ncol = max(1, int(math.ceil(math.sqrt(len(samples)))))
     return _save(_examples_figure(samples, ncol, title, value_range), path)
 

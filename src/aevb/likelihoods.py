@@ -116,6 +116,8 @@ class _Gaussian(Likelihood):
         super().__init__(event_shape, sigma, sigma_min)
         if not sigma > 0:
             raise ConfigError(f"--sigma must be positive, got {sigma}")
+        if not sigma_min >= 0:  # a negative floor would let a learned sigma cross zero
+            raise ConfigError(f"--sigma-min must be >= 0, got {sigma_min}")
         self.sigma_min = float(sigma_min)
 
     def _sigma(self, params: Tensor) -> Tensor | float:

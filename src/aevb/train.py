@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import DataConfig, RunConfig
+from .config import DataConfig, RunConfig, TrainConfig
 from .data import DATASETS, PYTHON_SOURCE, Dataset, load_dataset, shard_range
 from .errors import AevbError, ConfigError
 from .evaluate import MeanAccumulator, all_reduce_, evaluate_elbo
@@ -116,8 +116,25 @@ def train(
     Returns:
         A :class:`TrainResult` (on every rank).
     """
+    check_train_config(config.train)
     with distributed.session(resolve_device(config.train.device)) as ctx:
         return _train(config, out_dir, dataset, resume, progress, ctx)
+
+
+def check_train_config(tc: TrainConfig) -> None:
+    """Reject training settings the loop cannot run with, before anything is written."""
+    if not (math.isfinite(tc.lr) and tc.lr > 0):
+        raise ConfigError(f"--lr must be a finite number > 0, got {tc.lr}")
+    for flag, value, least in (
+        ("--eval-batch-size", tc.eval_batch_size, 1),
+        ("--log-every", tc.log_every, 1),
+        ("--checkpoint-every", tc.checkpoint_every, 0),
+        ("--patience", tc.patience, 1),
+    ):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    if tc.grad_clip is not None and not (math.isfinite(tc.grad_clip) and tc.grad_clip > 0):
+        raise ConfigError(f"--grad-clip must be a finite number > 0, got {tc.grad_clip}")
 
 
 def _train(
@@ -168,13 +185,28 @@ def _train(
     if resume:
         # One training state per run, written by rank 0 at any world size, read by all.
         state.update(ckpt.load_training_state(run_dir, model, optimizer))
+        for group in optimizer.param_groups:  # the saved groups carry the old --lr
+            group["lr"] = tc.lr
+        best_weights = ckpt.load_best_weights(run_dir) if tc.patience is not None else None
         distributed.sync_device_rng(device)
+        # Nothing left to do: say so, rather than rewrite the config with a shorter length.
+        if state["stopped_early"]:
+            raise ConfigError(
+                f"{run_dir} stopped early at step {state['step']} (--patience); "
+                "start a new run (with a larger --patience) to train longer"
+            )
+        if state["step"] >= n_steps and (run_dir / ckpt.MODEL_FILE).exists():
+            raise ConfigError(
+                f"{run_dir} is already at step {state['step']}; give --steps (or --epochs) "
+                "beyond it to continue"
+            )
     distributed.on_main(_prepare_run_dir, run_dir, config, dataset, resume, state["step"])
     # DDP averages the gradients; `model` stays the plain module we evaluate and save.
     step_fn = distributed.wrap(model, ctx)
     step_fn = torch.compile(step_fn) if tc.compile else step_fn
 
-    best_weights: dict[str, torch.Tensor] | None = None
+    if not resume:
+        best_weights = None
     t0 = time.perf_counter() - state["wall_time_s"]
     bar = tqdm(
         total=n_steps,
@@ -218,7 +250,9 @@ def _train(
                     mean = float(acc.sums["neg_elbo"]) / acc.n  # this rank's slice only
                     bar.set_postfix_str(f"epoch {epoch} neg-ELBO {mean:.3f} nats")
                 if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
-                    distributed.on_main(_checkpoint, run_dir, model, optimizer, state, t0)
+                    distributed.on_main(
+                        _checkpoint, run_dir, model, optimizer, state, t0, best_weights
+                    )
                 if state["step"] >= n_steps:
                     break
             epoch_done = state["step"] - epoch * spe >= spe
@@ -235,6 +269,7 @@ def _train(
                     )
                 if valid < state["best_valid"]:
                     state["best_valid"], state["bad_epochs"] = valid, 0
+                    state["best_epoch"], state["best_step"] = state["epoch"], state["step"]
                     if tc.patience is not None:
                         best_weights = {
                             k: v.detach().clone() for k, v in model.state_dict().items()
@@ -243,10 +278,10 @@ def _train(
                     state["bad_epochs"] += 1
                     if tc.patience is not None and state["bad_epochs"] >= tc.patience:
                         state["stopped_early"] = True
-                distributed.on_main(_checkpoint, run_dir, model, optimizer, state, t0)
+                distributed.on_main(_checkpoint, run_dir, model, optimizer, state, t0, best_weights)
     except KeyboardInterrupt:
         if ctx.is_main:  # no collective here: the other ranks may be gone already
-            _checkpoint(run_dir, model, optimizer, state, t0)
+            _checkpoint(run_dir, model, optimizer, state, t0, best_weights)
         raise
     finally:
         bar.close()
@@ -259,6 +294,13 @@ def _train(
         final = model
     final.eval()
     metrics = distributed.on_main(_write_artifact, run_dir, final, dataset, tc.figures)
+    if metrics and best_weights is not None:  # the saved model is the best epoch's, say which
+        metrics = {
+            **metrics,
+            "best_epoch": state.get("best_epoch"),
+            "best_valid_neg_elbo": state["best_valid"],
+            "stopped_early": state["stopped_early"],
+        }
     return TrainResult(run_dir, final, metrics, config)
 
 
@@ -303,10 +345,15 @@ def _prepare_run_dir(
 
 
 def _checkpoint(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, t0: float
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    t0: float,
+    best_weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     state["wall_time_s"] = time.perf_counter() - t0
-    ckpt.save_training_state(run_dir, model, optimizer, dict(state))
+    ckpt.save_training_state(run_dir, model, optimizer, dict(state), best_weights)
 
 
 def _write_artifact(
