@@ -261,3 +261,30 @@ def test_missing_weights_file(run_copy, target):
         res = run_cli("train", "--resume", run_copy, "--steps", "40", "--no-progress")
     assert_one_line_error(res, target, "missing")
     assert not (run_copy / target).exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [
+        ("--num-workers", "-1", "--num-workers must be >= 0"),
+        ("--memory-budget-mb", "-5", "--memory-budget-mb must be >= 0"),
+        ("--image-size", "0", "--image-size must be"),
+        ("--synthetic-size", "1", "--synthetic-size must be"),
+    ],
+)
+def test_bad_data_setting(tmp_path, flag, value, words):
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli("train", "--out", out, "--steps", "1", flag, value), words)
+    assert not out.exists()
+
+
+def test_garbage_npy_is_named_for_what_it_is(tmp_path):
+    bad = tmp_path / "garbage.npy"
+    bad.write_bytes(bytes(range(200)))
+    res = run_cli("train", "--dataset", bad, "--steps", "1", "--out", tmp_path / "r")
+    assert_one_line_error(res, "is not a NumPy .npy file")
+
+
+def test_a_file_given_as_run_directory(run_dir):
+    res = run_cli("evaluate", run_dir / "config.json")
+    assert_one_line_error(res, "is a file; give the run directory")

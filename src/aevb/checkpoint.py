@@ -84,6 +84,8 @@ def save_config(
 
 def read_config_dict(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise CheckpointError(f"{run_dir} is a file; give the run directory that holds it")
     if not run_dir.is_dir():
         raise CheckpointError(
             f"run directory {run_dir} does not exist; train one with `aevb train --out {run_dir}`"

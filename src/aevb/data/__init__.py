@@ -51,7 +51,22 @@ def load_dataset(config: DataConfig) -> Dataset:
     Raises:
         DataError: unknown name, unreadable file, or data that breaks the contract.
     """
+    check_data_config(config)
     return binarize_dataset(_load(config), config.binarize, config.split_seed)
+
+
+def check_data_config(config: DataConfig) -> None:
+    """Reject data settings no source can use, before anything is read or written."""
+    if config.num_workers < 0:
+        raise DataError(f"--num-workers must be >= 0, got {config.num_workers}")
+    if config.memory_budget_mb < 0:
+        raise DataError(f"--memory-budget-mb must be >= 0, got {config.memory_budget_mb}")
+    if config.synthetic_size < 3:
+        raise DataError(f"--synthetic-size must be >= 3, got {config.synthetic_size}")
+    if any(s < 1 for s in config.image_size) or len(config.image_size) > 2:
+        raise DataError(
+            f"--image-size must be one or two sizes >= 1 (H,W), got {config.image_size}"
+        )
 
 
 def _load(config: DataConfig) -> Dataset:

@@ -22,8 +22,18 @@ from ..config import DataConfig
 from ..errors import DataError
 from .base import SPLITS, Dataset, DatasetInfo, check_finite, random_splits
 
+MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
+
 
 def _read(path: Path) -> dict[str, np.ndarray]:
+    # NumPy takes any file without the .npy magic for a pickle; say what it really is.
+    with open(path, "rb") as f:
+        head = f.read(6)
+    magic = MAGIC[path.suffix.lower()]
+    if not head.startswith(magic):
+        raise DataError(
+            f"{path} is not a NumPy {path.suffix} file (it does not start with {magic!r})"
+        )
     try:
         if path.suffix == ".npy":
             return {"x": np.load(path, allow_pickle=False)}
