@@ -72,6 +72,34 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + per + (1 if rank < extra else 0)
 
 
+def train_batch_plan(
+    n: int, batch_size: int, seed: int, epoch: int, start_step: int, rank: int, world_size: int
+) -> Iterator[Tensor]:
+    """Indices of this rank's part of each training batch of ``epoch`` (every source uses it).
+
+    Global batch b is ``perm[b * batch_size : (b + 1) * batch_size]`` of
+    :func:`epoch_permutation`; rank r takes its contiguous slice of it. The last incomplete
+    global batch is dropped; ``start_step`` skips the first batches (resuming mid-epoch).
+
+    Yields:
+        ``[batch_size // world_size]``-ish int64 index tensors (CPU).
+    """
+    perm = epoch_permutation(n, seed, epoch)
+    lo, hi = shard_range(batch_size, rank, world_size)
+    for b in range(start_step, n // batch_size):
+        yield perm[b * batch_size : (b + 1) * batch_size][lo:hi]
+
+
+def eval_batch_plan(n: int, batch_size: int, rank: int, world_size: int) -> range:
+    """Indices of the evaluation batches rank r scores: a contiguous range of whole batches.
+
+    Batch b is always examples ``[b * batch_size, min((b + 1) * batch_size, n))``, whatever
+    the world size, so per-batch seeding makes sharded evaluation equal one process's.
+    """
+    lo, hi = shard_range(-(-n // batch_size), rank, world_size)
+    return range(lo, hi)
+
+
 class Dataset:
     """Three in-memory splits held as tensors (on the accelerator when there is one)."""
 
@@ -130,11 +158,10 @@ class Dataset:
         ``start_step`` skips the first batches (resuming mid-epoch).
         """
         x = self.splits["train"]
-        perm = epoch_permutation(len(x), seed, epoch).to(x.device)
-        for b in range(start_step, self.steps_per_epoch(batch_size)):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            lo, hi = shard_range(batch_size, rank, world_size)
-            yield self.prepare_train(x[idx[lo:hi]])
+        self.steps_per_epoch(batch_size)  # checks the batch fits the split
+        plan = train_batch_plan(len(x), batch_size, seed, epoch, start_step, rank, world_size)
+        for idx in plan:
+            yield self.prepare_train(x[idx.to(x.device)])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         n = self.size("train")
@@ -165,9 +192,7 @@ class Dataset:
         world size, so per-batch seeding makes sharded evaluation equal one process's.
         """
         x = self._split(split)
-        n_batches = -(-len(x) // batch_size)
-        lo, hi = shard_range(n_batches, rank, world_size)
-        for b in range(lo, hi):
+        for b in eval_batch_plan(len(x), batch_size, rank, world_size):
             yield b, x[b * batch_size : min((b + 1) * batch_size, len(x))]
 
     def _split(self, split: str) -> Tensor:

@@ -3,7 +3,7 @@
 :class:`StreamingDataset` answers the same calls as the in-memory :class:`Dataset` and
 yields the same batches: training batch b of an epoch is examples
 ``perm[b * batch_size : (b + 1) * batch_size]`` of :func:`epoch_permutation` (rank r of a
-distributed run taking its :func:`shard_range` of it), evaluation batch b is examples
+distributed run taking its slice of it; see :func:`train_batch_plan`), evaluation batch b is examples
 ``[b * batch_size, (b + 1) * batch_size)``. Only the reading differs: a
 ``torch.utils.data.DataLoader`` with ``--num-workers`` worker processes decodes the examples
 of each batch from disk (an explicit ``batch_sampler``, so the order is ours, not the
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from ..errors import DataError
-from .base import SPLITS, Dataset, DatasetInfo, epoch_permutation, shard_range
+from .base import SPLITS, Dataset, DatasetInfo, eval_batch_plan, train_batch_plan
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,11 @@ class StreamingDataset(Dataset):
         world_size: int = 1,
     ) -> Iterator[Tensor]:
         """As :meth:`Dataset.train_batches`, read from disk."""
-        perm = epoch_permutation(self.size("train"), seed, epoch)
-        lo, hi = shard_range(batch_size, rank, world_size)
-        batches = [
-            perm[b * batch_size : (b + 1) * batch_size][lo:hi].tolist()
-            for b in range(start_step, self.steps_per_epoch(batch_size))
-        ]
+        self.steps_per_epoch(batch_size)  # checks the batch fits the split
+        plan = train_batch_plan(
+            self.size("train"), batch_size, seed, epoch, start_step, rank, world_size
+        )
+        batches = [idx.tolist() for idx in plan]
         for x in self._read("train", batches, eval_split=None):
             yield self.prepare_train(x)
 
@@ -120,10 +119,9 @@ class StreamingDataset(Dataset):
     ) -> Iterator[tuple[int, Tensor]]:
         """As :meth:`Dataset.indexed_eval_batches`, read from disk."""
         n = self.size(split)
-        n_batches = -(-n // batch_size)
-        lo, hi = shard_range(n_batches, rank, world_size)
-        batches = [list(range(b * batch_size, min((b + 1) * batch_size, n))) for b in range(lo, hi)]
-        yield from zip(range(lo, hi), self._read(split, batches, eval_split=split), strict=True)
+        plan = eval_batch_plan(n, batch_size, rank, world_size)
+        batches = [list(range(b * batch_size, min((b + 1) * batch_size, n))) for b in plan]
+        yield from zip(plan, self._read(split, batches, eval_split=split), strict=True)
 
     # --- reading ------------------------------------------------------------------
     def _read(
