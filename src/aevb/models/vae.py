@@ -25,14 +25,16 @@ from ..distributions import (
     reparameterise,
 )
 from ..errors import ConfigError
+from ..latents import DiagonalGaussian, Posterior, Prior, StandardNormal, gaussian_space
 from ..likelihoods import build_likelihood
 from ..objectives import OBJECTIVES, VAEOutput
+from .base import LatentVariableModel
 from .networks import build_networks
 from .registry import register_model
 
 
 @register_model
-class VAE(nn.Module):
+class VAE(LatentVariableModel):
     """A VAE with a diagonal-Gaussian encoder, a standard-normal prior and a registry likelihood.
 
     Example:
@@ -63,6 +65,16 @@ class VAE(nn.Module):
             self.likelihood.n_params,
         )
         self.objective = OBJECTIVES[config.objective]
+        self.latent = gaussian_space(config.latent_dim)
+
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> Posterior:
+        """q(z|x) = N(mu(x), diag exp(logvar(x)))."""
+        return DiagonalGaussian(*self.encode(x))
+
+    def prior(self, y: Tensor | None = None) -> Prior:
+        """p(z) = N(0, I)."""
+        p = next(self.parameters())
+        return StandardNormal(self.config.latent_dim, p.device, p.dtype)
 
     # --- the pieces -----------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
