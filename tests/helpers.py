@@ -59,3 +59,24 @@ def assert_one_line_error(res: CliResult, *fragments: str, code: int | None = No
 def state_dicts_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Same keys and bit-identical tensors (``torch.equal`` on each)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def make_model(dtype=None, **fields):
+    """A model built from config fields (``latent_dim=3, input_shape=(6,), ...``)."""
+    from aevb import RunConfig, build_model
+
+    model = build_model(RunConfig().replace(**fields))
+    return model.to(dtype) if dtype is not None else model
+
+
+def encode(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu and logvar of a Gaussian model's q(z|x)."""
+    q = model.posterior(x)
+    return q.mu, q.logvar
+
+
+def elbo_terms(model, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0):
+    """The ELBO objective's per-example terms with given noise ``[L, B, D]`` (L = len(eps))."""
+    from aevb.objectives import ELBO
+
+    return ELBO(samples=len(eps))(model, x, None, eps, {"beta": beta})

@@ -85,8 +85,14 @@ def test_pickled_data_is_refused(tmp_path):
     _train_fails(tmp_path, "--dataset", path, fragments=("Python objects",))
 
 
-def test_batch_larger_than_the_training_split(tmp_path):
-    _train_fails(tmp_path, "--batch-size", "100000", fragments=("--batch-size",))
+def test_batch_larger_than_the_training_split_uses_the_whole_split(tmp_path):
+    """Small data: the whole training split becomes the batch, with a one-line note."""
+    out = tmp_path / "out"
+    res = run_cli(*TRAIN, "--batch-size", "100000", "--out", out)
+    assert res.code == 0, res.err
+    notes = res.err.strip().splitlines()
+    assert len(notes) == 1 and "note" in notes[0] and "whole training split" in notes[0]
+    assert ckpt.read_metrics(out)[-1]["step"] == 2
 
 
 def test_bad_model_setting(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from helpers import state_dicts_equal
 
 import aevb
-from aevb import VAE, CheckpointError, ModelConfig, RunConfig
+from aevb import VAE, CheckpointError, RunConfig, build_model, build_objective
 from aevb import checkpoint as ckpt
 
 
@@ -29,20 +29,33 @@ def trained(tmp_path_factory) -> aevb.TrainResult:
     return aevb.train(_config(likelihood="gaussian-pixel", latent_dim=3), run, progress=False)
 
 
+def _model(**kw) -> VAE:
+    return build_model(RunConfig().replace(**kw))
+
+
+def _objective(model, x, eps=None):
+    objective = build_objective(RunConfig())
+    if eps is None:
+        eps = model.latent.noise.draw(1, len(x))
+    return objective(model, x, None, eps, {"beta": 1.0})
+
+
 def _outputs_equal(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> None:
-    eps = torch.randn(1, len(x), a.config.latent_dim, generator=torch.Generator().manual_seed(0))
-    oa, ob = a(x, eps), b(x, eps)
-    for name in ("loss", "neg_elbo", "recon_nll", "kl", "z", "mu", "logvar"):
+    eps = a.latent.noise.draw(1, len(x), generator=torch.Generator().manual_seed(0))
+    oa, ob = _objective(a, x, eps), _objective(b, x, eps)
+    for name in ("loss", "neg_elbo", "recon_nll", "kl"):
         assert torch.equal(getattr(oa, name), getattr(ob, name)), name
+    qa, qb = a.posterior(x), b.posterior(x)
+    assert torch.equal(qa.mu, qb.mu) and torch.equal(qa.logvar, qb.logvar)
     assert torch.equal(a.reconstruct(x), b.reconstruct(x))
 
 
 def test_load_restores_weights_bit_exactly(trained):
     run, model = trained.run_dir, trained.model
     x = torch.rand(10, 1, 8, 8)
-    for loaded in (aevb.load(run), VAE.from_pretrained(run)):
+    for loaded in (aevb.load(run), ckpt.load_model(run)):
         assert isinstance(loaded, VAE) and not loaded.training
-        assert loaded.config == model.config
+        assert loaded.config == model.config and loaded.sections == model.sections
         assert "likelihood.raw_sigma" in loaded.state_dict()
         assert state_dicts_equal(loaded.state_dict(), model.state_dict())
         _outputs_equal(loaded, model.eval(), x)
@@ -51,24 +64,23 @@ def test_load_restores_weights_bit_exactly(trained):
 @pytest.mark.parametrize(
     "config",
     [
-        ModelConfig(input_shape=(12,), latent_dim=2, hidden=(8, 4), likelihood="bernoulli"),
-        ModelConfig(
-            input_shape=(3, 7, 6), arch="conv", hidden=(4, 8), likelihood="gaussian-decoded"
-        ),
-        ModelConfig(input_shape=(1, 5, 5), latent_dim=4, hidden=(), likelihood="gaussian-shared"),
+        dict(input_shape=(12,), latent_dim=2, hidden=(8, 4), likelihood="bernoulli"),
+        dict(input_shape=(3, 7, 6), arch="conv", hidden=(4, 8), likelihood="gaussian-decoded"),
+        dict(input_shape=(1, 5, 5), latent_dim=4, hidden=(), likelihood="gaussian-shared"),
+        dict(input_shape=(6,), latent_dim=3, prior="vamp", pseudo_inputs=5, likelihood="gaussian"),
     ],
 )
 def test_save_pretrained_round_trip(tmp_path, config):
     torch.manual_seed(1)
-    model = VAE(config)
+    model = _model(**config)
     with torch.no_grad():  # move every tensor off its initial value
         for p in model.parameters():
-            p.add_(torch.randn_like(p))
-    model.save_pretrained(tmp_path)
-    loaded = VAE.from_pretrained(tmp_path)
-    assert loaded.config == config
+            p.add_(0.1 * torch.randn_like(p))
+    aevb.save(model, tmp_path)
+    loaded = aevb.load(tmp_path)
+    assert loaded.config == model.config and loaded.sections == model.sections
     assert state_dicts_equal(loaded.state_dict(), model.state_dict())
-    _outputs_equal(loaded, model.eval(), torch.rand(4, *config.input_shape))
+    _outputs_equal(loaded, model.eval(), torch.rand(4, *config["input_shape"]))
 
 
 def test_model_file_is_plain_safetensors_of_the_state_dict(trained):
@@ -99,16 +111,16 @@ def test_nothing_is_unpickled(trained, monkeypatch):
 
 
 def test_loading_is_strict_about_keys_and_shapes(tmp_path):
-    model = VAE(ModelConfig(input_shape=(12,), latent_dim=2, hidden=(8,), likelihood="bernoulli"))
-    model.save_pretrained(tmp_path)
+    model = _model(input_shape=(12,), latent_dim=2, hidden=(8,), likelihood="bernoulli")
+    aevb.save(model, tmp_path)
     # A config that no longer matches the weights: shapes differ.
     d = json.loads((tmp_path / ckpt.CONFIG_FILE).read_text())
-    d["model"]["latent_dim"] = 3
+    d["vae"]["latent_dim"] = 3
     (tmp_path / ckpt.CONFIG_FILE).write_text(json.dumps(d))
     with pytest.raises(CheckpointError, match="shape"):
         aevb.load(tmp_path)
     # Weights with a key missing and an extra one.
-    d["model"]["latent_dim"] = 2
+    d["vae"]["latent_dim"] = 2
     (tmp_path / ckpt.CONFIG_FILE).write_text(json.dumps(d))
     state = dict(model.state_dict())
     state["extra.weight"] = state.pop("decoder.net.0.weight")
@@ -125,11 +137,11 @@ def _tmp_files(folder: Path) -> list[str]:
 @pytest.mark.parametrize("write", ["model", "state", "config"])
 def test_writes_are_atomic(tmp_path, monkeypatch, write):
     """A crash between writing the temporary file and renaming it leaves the old file whole."""
-    model = VAE(ModelConfig(input_shape=(12,), latent_dim=2, hidden=(8,), likelihood="bernoulli"))
+    model = _model(input_shape=(12,), latent_dim=2, hidden=(8,), likelihood="bernoulli")
     opt = torch.optim.Adam(model.parameters())
-    model(torch.rand(4, 12)).loss.mean().backward()
+    _objective(model, torch.rand(4, 12)).loss.mean().backward()
     opt.step()
-    model.save_pretrained(tmp_path)
+    aevb.save(model, tmp_path)
     ckpt.save_training_state(tmp_path, model, opt, {"step": 1})
     target = {"model": ckpt.MODEL_FILE, "state": ckpt.STATE_FILE, "config": ckpt.CONFIG_FILE}[write]
     before = (tmp_path / target).read_bytes()

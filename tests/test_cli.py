@@ -82,7 +82,8 @@ def test_train_from_a_config_file(tmp_path):
     )
     assert res.code == 0, res.err
     saved = json.loads((tmp_path / "r" / ckpt.CONFIG_FILE).read_text())
-    assert saved["model"]["latent_dim"] == 3 and saved["train"]["batch_size"] == 32
+    assert saved["vae"]["latent_dim"] == 3 and saved["train"]["batch_size"] == 32
+    assert saved["model"]["hidden"] == [16]
 
 
 def test_evaluate_text_and_json(run_dir):
@@ -145,8 +146,9 @@ def test_samples_of_2d_data_are_a_scatter(tmp_path, monkeypatch):
 def test_sample_default_output_is_in_the_run(run_dir):
     res = run_cli("sample", run_dir, "-n", "4")
     assert res.code == 0, res.err
-    assert Path(res.last_line) == run_dir / ckpt.FIGURES_DIR / "sample.png"
-    assert (run_dir / ckpt.FIGURES_DIR / "sample.npy").is_file()
+    # the same name as the picture training drew: one naming scheme
+    assert Path(res.last_line) == run_dir / ckpt.FIGURES_DIR / "samples.png"
+    assert (run_dir / ckpt.FIGURES_DIR / "samples.npy").is_file()
 
 
 def test_reconstruct(run_dir, tmp_path):
@@ -186,7 +188,7 @@ def test_manifold(run_dir, tmp_path):
 def test_manifold_needs_a_2d_latent(digits_run_4d, tmp_path):
     out = tmp_path / "m.png"
     res = run_cli("manifold", digits_run_4d, "--out", out)
-    assert_one_line_error(res, "2-D latent", "latent_dim 4", "--latent-dim 2")
+    assert_one_line_error(res, "2-D latent", "shape (4,)", "--latent-dim 2")
     assert not out.exists()
 
 
@@ -213,7 +215,7 @@ def test_info(run_dir):
     assert res.code == 0, res.err
     assert "latent_dim = 2" in res.out and "[final metrics]" in res.out and "neg-ELBO" in res.out
     d = json.loads(run_cli("info", run_dir, "--json").out)
-    assert d["config"]["model"]["latent_dim"] == 2
+    assert d["config"]["vae"]["latent_dim"] == 2 and d["status"]["status"] == "finished"
     assert d["final_metrics"]["step"] == 20
 
 

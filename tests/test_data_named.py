@@ -344,17 +344,18 @@ def test_dynamic_binarize_redraws_training_pixels_from_the_global_rng():
     ds = load_dataset(DataConfig(dataset="digits", binarize="dynamic"))
     assert torch.equal(ds.tensor("train"), grey.tensor("train"))  # kept grey, drawn per use
     torch.manual_seed(0)
-    first = list(ds.train_batches(64, seed=1, epoch=0))
+    first = [x for x, _ in ds.train_batches(64, seed=1, epoch=0)]
     torch.manual_seed(0)
-    again = list(ds.train_batches(64, seed=1, epoch=0))
+    again = [x for x, _ in ds.train_batches(64, seed=1, epoch=0)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # resumable
-    redraw = list(ds.train_batches(64, seed=1, epoch=0))  # same examples, fresh pixels
+    redraw = [x for x, _ in ds.train_batches(64, seed=1, epoch=0)]  # same examples, fresh pixels
     assert not all(torch.equal(a, b) for a, b in zip(first, redraw, strict=True))
     assert set(torch.cat(first).unique().tolist()) == {0.0, 1.0}
     # E[b] = x: the average of many draws of one batch approaches its grey levels.
-    grey_batch = next(grey.train_batches(64, seed=1, epoch=0))
+    grey_batch, _ = next(grey.train_batches(64, seed=1, epoch=0))
     torch.manual_seed(1)
-    mean = torch.stack([next(ds.train_batches(64, seed=1, epoch=0)) for _ in range(400)]).mean(0)
+    draws = [next(ds.train_batches(64, seed=1, epoch=0))[0] for _ in range(400)]
+    mean = torch.stack(draws).mean(0)
     assert (mean - grey_batch).abs().max() < 0.1
     # valid/test are drawn once, reproducibly, and independently of the global RNG
     other = load_dataset(DataConfig(dataset="digits", binarize="dynamic"))

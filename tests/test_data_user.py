@@ -137,13 +137,15 @@ def test_streaming_path_yields_the_in_memory_batches(png_folder, caplog):
             a = list(memory.train_batches(8, 5, epoch, rank=rank, world_size=2))
             b = list(disk.train_batches(8, 5, epoch, rank=rank, world_size=2))
             assert len(a) == 3
-            assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+            for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb)  # labels travel with x
     resumed = list(disk.train_batches(8, 5, 1, start_step=2))
-    assert torch.equal(resumed[0], list(memory.train_batches(8, 5, 1))[2])
+    assert torch.equal(resumed[0][0], list(memory.train_batches(8, 5, 1))[2][0])
     a = list(memory.indexed_eval_batches("train", 5, rank=1, world_size=2))
     b = list(disk.indexed_eval_batches("train", 5, rank=1, world_size=2))
-    assert [i for i, _ in a] == [i for i, _ in b] == [3, 4]
-    assert all(torch.equal(u, v) for (_, u), (_, v) in zip(a, b, strict=True))
+    assert [i for i, _, _ in a] == [i for i, _, _ in b] == [3, 4]
+    for (_, xa, ya), (_, xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 def test_streaming_binarization_matches_in_memory(png_folder):
@@ -157,9 +159,9 @@ def test_streaming_binarization_matches_in_memory(png_folder):
         for s in ("valid", "test"):
             assert torch.equal(disk.tensor(s), memory.tensor(s))
         torch.manual_seed(3)
-        a = list(memory.train_batches(8, 0, 0))
+        a = [x for x, _ in memory.train_batches(8, 0, 0)]
         torch.manual_seed(3)
-        b = list(disk.train_batches(8, 0, 0))
+        b = [x for x, _ in disk.train_batches(8, 0, 0)]
         assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
 
 

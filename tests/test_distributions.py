@@ -22,7 +22,6 @@ from aevb.distributions import (
 )
 from aevb.errors import ConfigError, DataError
 from aevb.likelihoods import LIKELIHOODS, build_likelihood
-from aevb.objectives import elbo_terms
 
 DT = torch.float64
 
@@ -289,10 +288,31 @@ def test_bernoulli_rejects_data_outside_unit_interval():
 
 
 # --- the ELBO terms --------------------------------------------------------------------
-def test_elbo_terms_average_samples_once_and_weight_only_the_loss():
+def test_elbo_averages_samples_once_and_beta_weights_only_the_loss():
+    """recon = -mean_l log p(x|z_l), neg-ELBO = recon + KL, loss = recon + beta KL."""
+    from aevb.latents import KLTerms
+    from aevb.objectives import ELBO
+
     log_px = torch.tensor([[-1.0, -4.0], [-3.0, -2.0]], dtype=DT)  # [L=2, B=2]
     kl = torch.tensor([0.5, 2.0], dtype=DT)
-    loss, neg_elbo, recon = elbo_terms(log_px, kl, beta=4.0)
-    torch.testing.assert_close(recon, torch.tensor([2.0, 3.0], dtype=DT))
-    torch.testing.assert_close(neg_elbo, torch.tensor([2.5, 5.0], dtype=DT))
-    torch.testing.assert_close(loss, torch.tensor([4.0, 11.0], dtype=DT))
+
+    class Fixed:  # a stand-in model exposing only what the objective uses
+        def posterior(self, x, y=None):
+            q = type("Q", (), {})()
+            q.rsample = lambda eps, temperature=None: eps
+            q.aux_loss, q.metrics = None, {}
+            return q
+
+        def prior(self, y=None):
+            return None
+
+        def log_likelihood(self, x, z, y=None):
+            return log_px
+
+        def kl(self, q, p):
+            return KLTerms(kl[:, None])
+
+    out = ELBO(samples=2)(Fixed(), torch.zeros(2), None, torch.zeros(2, 2, 1), {"beta": 4.0})
+    torch.testing.assert_close(out.recon_nll, torch.tensor([2.0, 3.0], dtype=DT))
+    torch.testing.assert_close(out.neg_elbo, torch.tensor([2.5, 5.0], dtype=DT))
+    torch.testing.assert_close(out.loss, torch.tensor([4.0, 11.0], dtype=DT))

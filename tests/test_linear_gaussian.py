@@ -16,11 +16,14 @@ import math
 
 import pytest
 import torch
+from helpers import elbo_terms, encode
+from helpers import make_model as build
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from aevb import VAE, ModelConfig
+from aevb import VAE
 from aevb.distributions import gaussian_kl, reparameterise
-from aevb.objectives import elbo
+from aevb.latents import KLTerms
+from aevb.objectives import importance_terms
 
 DT = torch.float64
 D, K, SIGMA, B = 6, 3, 0.5, 8
@@ -30,16 +33,10 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_model(w: torch.Tensor, b: torch.Tensor, samples: int = 1) -> VAE:
-    config = ModelConfig(
-        input_shape=(D,),
-        latent_dim=K,
-        hidden=(),
-        likelihood="gaussian",
-        sigma=SIGMA,
-        samples=samples,
-    )
-    model = VAE(config).to(DT).requires_grad_(False)
+def make_model(w: torch.Tensor, b: torch.Tensor) -> VAE:
+    model = build(
+        DT, input_shape=(D,), latent_dim=K, hidden=(), likelihood="gaussian", sigma=SIGMA
+    ).requires_grad_(False)
     (dec,) = model.decoder.net  # hidden=() -> a single affine map z -> W z + b
     with torch.no_grad():
         dec.weight.copy_(w)
@@ -85,7 +82,7 @@ def sigma_points(batch: int) -> torch.Tensor:
 
 def exact_elbo(model: VAE, x: torch.Tensor) -> torch.Tensor:
     """aevb's ELBO [B] with the expectation over q done exactly (sigma-point noise)."""
-    return -elbo(model, x, samples=2 * K, eps=sigma_points(len(x))).neg_elbo
+    return -elbo_terms(model, x, sigma_points(len(x))).neg_elbo
 
 
 @pytest.fixture
@@ -116,7 +113,8 @@ def test_elbo_equals_log_px_for_the_exact_posterior(problem):
     torch.testing.assert_close(exact_elbo(model, x), log_px, rtol=1e-10, atol=0)
     # The full Monte-Carlo estimator log p(x, z) - log q(z|x) has zero variance: every
     # sample z ~ q gives log p(x) exactly.
-    log_w = model.log_importance_weights(x, 1000)  # [1000, B]
+    eps = torch.randn(1000, B, K, dtype=DT, generator=_gen(9))
+    log_w = importance_terms(model, x, model.posterior(x), model.prior(), eps).log_w  # [1000, B]
     assert log_w.shape == (1000, B)
     torch.testing.assert_close(log_w, log_px.expand_as(log_w), rtol=1e-10, atol=0)
     assert float(log_w.std(0).max()) < 1e-10 * float(log_px.abs().max())
@@ -126,12 +124,13 @@ def test_monte_carlo_elbo_is_unbiased_for_the_exact_posterior(problem):
     """The ELBO the trainer computes (forward with L samples) averages to log p(x)."""
     w, b, x = problem
     n = 20_000
-    model = make_model(w, b, samples=n)
+    model = make_model(w, b)
     set_encoder_to_posterior(model, w, b)
-    torch.manual_seed(0)
-    out = model(x)
-    assert out.z.shape == (n, B, K) and out.neg_elbo.shape == (B,)
-    per_sample = model.log_likelihood(x, out.z) - out.kl  # [L, B], the ELBO's L terms
+    eps = torch.randn(n, B, K, dtype=DT, generator=_gen(0))
+    out = elbo_terms(model, x, eps)
+    assert out.neg_elbo.shape == (B,)
+    z = model.posterior(x).rsample(eps)
+    per_sample = model.log_likelihood(x, z) - out.kl  # [L, B], the ELBO's L terms
     se = per_sample.std(0) / math.sqrt(n)
     log_px = exact_log_px(x, w, b)
     torch.testing.assert_close(-out.neg_elbo, per_sample.mean(0))
@@ -149,14 +148,15 @@ def test_elbo_is_below_log_px_by_the_kl_to_the_posterior(problem, seed):
     log_px = exact_log_px(x, w, b)
     bound = exact_elbo(model, x)
     assert torch.all(bound < log_px)
-    mu_q, logvar_q = model.encode(x)
+    mu_q, logvar_q = encode(model, x)
     m, s = exact_posterior(x, w, b)
     gap = gaussian_kl(mu_q, logvar_q, m, torch.log(torch.diagonal(s)).expand_as(m))
     torch.testing.assert_close(log_px - bound, gap, rtol=1e-9, atol=1e-9)
     # The random-noise estimate the trainer uses agrees with the exact ELBO.
     n = 4000
     z = reparameterise(mu_q, logvar_q, n, generator=_gen(seed))
-    per_sample = model.log_likelihood(x, z) - model.kl(mu_q, logvar_q)
+    kl: KLTerms = model.kl(model.posterior(x), model.prior())
+    per_sample = model.log_likelihood(x, z) - kl.total
     se = per_sample.std(0) / math.sqrt(n)
     assert torch.all((per_sample.mean(0) - bound).abs() < 5 * se)
     assert torch.all(per_sample.mean(0) + 5 * se < log_px)
@@ -170,7 +170,7 @@ def test_gap_for_a_full_covariance_posterior():
     model = make_model(w, b)
     set_encoder_to_posterior(model, w, b)  # right mean, diagonal of the covariance only
     m, s = exact_posterior(x, w, b)
-    mu_q, logvar_q = model.encode(x)
+    mu_q, logvar_q = encode(model, x)
     torch.testing.assert_close(mu_q, m)
     q = MultivariateNormal(mu_q, covariance_matrix=torch.diag_embed(logvar_q.exp()))
     post = MultivariateNormal(m, covariance_matrix=s.expand(B, K, K))

@@ -17,4 +17,4 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "runs/readme-example/model.safetensors").exists()
     assert namespace["samples"].shape == (16, 1, 8, 8)
-    assert namespace["out"].neg_elbo.shape == (180,)
+    assert namespace["q"].summary().shape == (180, 2)

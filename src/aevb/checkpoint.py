@@ -4,20 +4,24 @@ A run directory holds
 
 * ``config.json`` — model, data and training configs (+ ``dataset_info``: shape, range,
   transform), JSON;
-* ``model.safetensors`` — the weights of the unwrapped, uncompiled model;
+* ``model.safetensors`` — the weights of the unwrapped, uncompiled model, written when
+  training ends (its presence marks a finished run);
 * ``training_state.safetensors`` — everything needed to continue bit-exactly: the
   model's and optimizer's tensors, RNG states, and (in its JSON metadata) step, epoch,
-  param groups and early-stopping state;
-* ``metrics.jsonl`` and ``figures/``.
+  param groups, early-stopping state and the config it was trained with;
+* ``metrics.jsonl``, ``figures/`` and ``snapshots/`` (weights of chosen epochs).
 
 Every file is written atomically: to a temporary file in the same directory, flushed
 and fsync'ed, then renamed over the target, so a crash leaves the old file or the new
-one, never half of one. Nothing is ever unpickled.
+one, never half of one. Non-finite weights or optimizer state are never written
+(:class:`NonFiniteStateError`), so the last good checkpoint survives a divergence.
+Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,14 +33,30 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .config import RunConfig
+from .config import CONFIG_VERSION, RunConfig
 from .errors import AevbError, CheckpointError
+from .rundir import (
+    CONFIG_FILE,
+    FIGURES_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
+    SNAPSHOTS_DIR,
+    STATE_FILE,
+    state_step,
+)
 
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "training_state.safetensors"
-METRICS_FILE = "metrics.jsonl"
-FIGURES_DIR = "figures"
+__all__ = [
+    "CONFIG_FILE",
+    "FIGURES_DIR",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "SNAPSHOTS_DIR",
+    "STATE_FILE",
+]
+
+
+class NonFiniteStateError(AevbError):
+    """Weights or optimizer state hold NaN or inf: refused, so the last good file stays."""
 
 
 def _file_mode() -> int:
@@ -74,12 +94,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def save_config(
     run_dir: str | Path, config: RunConfig, dataset_info: dict[str, Any] | None = None
 ) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, config_json(config, dataset_info))
+
+
+def config_json(config: RunConfig, dataset_info: dict[str, Any] | None = None) -> str:
+    """The text of ``config.json``: version, the config's sections, the dataset's record."""
     from . import __version__
 
-    d: dict[str, Any] = {"aevb_version": __version__, **config.to_dict()}
+    d: dict[str, Any] = {
+        "aevb_version": __version__,
+        "config_version": CONFIG_VERSION,
+        **config.to_dict(),
+    }
     if dataset_info is not None:
         d["dataset_info"] = dataset_info
-    atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(d, indent=2) + "\n")
+    return json.dumps(jsonable(d), indent=2) + "\n"
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (strict JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
 
 
 def read_config_dict(run_dir: str | Path) -> dict[str, Any]:
@@ -187,13 +227,66 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     from .models import build_model
 
     config = load_config(run_dir)
+    check_finished(run_dir)
     try:
-        model = build_model(config.model)
+        model = build_model(config)
     except AevbError as e:
         raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE}: {e}") from None
-    tensors, _ = load_tensors(Path(run_dir) / MODEL_FILE)
-    load_state_strict(model, tensors, Path(run_dir) / MODEL_FILE)
+    path = Path(run_dir) / MODEL_FILE
+    tensors, _ = load_tensors(path)
+    check_finite(tensors, f"weights file {path}")
+    load_state_strict(model, tensors, path)
     return model.to(device).eval()
+
+
+def check_finished(run_dir: str | Path) -> None:
+    """Raise a clear error for a run whose training has not finished (no model file)."""
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL_FILE).is_file():
+        return
+    step = state_step(run_dir)
+    if step is not None:
+        raise CheckpointError(
+            f"{run_dir} is unfinished at step {step}: continue it with "
+            f"`aevb train --resume {run_dir}` (model.safetensors is written when training ends)"
+        )
+    raise CheckpointError(
+        f"{run_dir} has no trained model ({MODEL_FILE} is missing and there is no training "
+        f"state); train it with `aevb train --out {run_dir}`"
+    )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse tensors with NaN or inf, naming the first offender."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise NonFiniteStateError(
+                f"{what} holds NaN or inf values (in {k}): the run diverged; continue from an "
+                "earlier checkpoint with a lower --lr, or retrain"
+            )
+
+
+def save_pretrained(model: nn.Module, run_dir: str | Path) -> None:
+    """Write a model built from Python as a loadable run: ``config.json`` + ``model.safetensors``.
+
+    An existing run's data and training sections (and dataset record) are kept.
+
+    Example:
+        >>> aevb.save(model, "runs/mine"); same = aevb.load("runs/mine")  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    model = unwrap(model)
+    d = read_config_dict(run_dir) if (run_dir / CONFIG_FILE).is_file() else {}
+    base = RunConfig.from_dict({k: v for k, v in d.items() if k not in ("dataset_info",)})
+    config = RunConfig(
+        model=model.config,
+        objective=base.objective,
+        data=base.data,
+        train=base.train,
+        variants={**base.variants, **model.sections},
+    )
+    save_config(run_dir, config, d.get("dataset_info"))
+    save_model(model, run_dir)
 
 
 # --- training state -------------------------------------------------------------------
@@ -203,10 +296,15 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     progress: dict[str, Any],
     best: dict[str, torch.Tensor] | None = None,
+    config: RunConfig | None = None,
 ) -> None:
     """Write everything needed to continue training bit-exactly, as one atomic file.
 
-    ``best`` (early stopping) is the state dict of the best weights so far.
+    ``best`` (early stopping) is the state dict of the best weights so far; ``config`` the
+    configuration the state was trained with.
+
+    Raises:
+        NonFiniteStateError: if a weight or optimizer tensor is NaN or inf (nothing written).
     """
     tensors: dict[str, torch.Tensor] = {}
     for k, v in unwrap(model).state_dict().items():
@@ -221,6 +319,7 @@ def save_training_state(
                 tensors[f"optim.{idx}.{name}"] = value
             else:
                 opt_scalars.setdefault(str(idx), {})[name] = value
+    check_finite(tensors, "the training state")
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -230,6 +329,8 @@ def save_training_state(
         "param_groups": opt["param_groups"],
         "optim_scalars": opt_scalars,
     }
+    if config is not None:
+        meta["config"] = config.to_dict()
     save_tensors(Path(run_dir) / STATE_FILE, tensors, {"format": "pt", "aevb": json.dumps(meta)})
 
 
@@ -243,8 +344,11 @@ def load_training_state(
     tensors, metadata = load_tensors(path)
     try:
         meta = json.loads(metadata["aevb"])
-    except (KeyError, json.JSONDecodeError):
+        if not isinstance(meta, dict):
+            raise ValueError
+    except (KeyError, ValueError):
         raise CheckpointError(f"{path} is corrupt (no training metadata)") from None
+    check_finite({k: v for k, v in tensors.items() if not k.startswith("rng.")}, str(path))
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_strict(unwrap(model), model_state, path)
     state: dict[int, dict[str, Any]] = {}
@@ -256,13 +360,22 @@ def load_training_state(
         state.setdefault(int(idx), {}).update(scalars)
     try:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: optimizer state does not match the model ({e})") from None
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-    return meta["progress"]
+    try:
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(
+            f"{path} is corrupt (its random-number state cannot be restored: {e}); "
+            "restore the file or start a new run"
+        ) from None
+    progress = meta.get("progress")
+    if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
+        raise CheckpointError(f"{path} is corrupt (no training progress in its metadata)")
+    return progress
 
 
 def load_best_weights(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
@@ -276,7 +389,7 @@ def load_best_weights(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line to metrics.jsonl (one small write of a whole line)."""
     with open(Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(jsonable(record)) + "\n")
         f.flush()
 
 
@@ -297,4 +410,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
     """Drop metric records logged after the checkpoint being resumed (rewritten atomically)."""
     records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= max_step]
-    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    text = "".join(json.dumps(jsonable(r)) + "\n" for r in records)
+    atomic_write_text(Path(run_dir) / METRICS_FILE, text)
+
+
+def save_snapshot(model: nn.Module, run_dir: str | Path, epoch: int) -> None:
+    """Keep the weights after ``epoch`` in ``snapshots/epoch-N.safetensors`` (learning curves)."""
+    path = Path(run_dir) / SNAPSHOTS_DIR / f"epoch-{epoch}.safetensors"
+    save_tensors(
+        path, unwrap(model).state_dict(), {"format": "pt", "aevb": "model", "epoch": str(epoch)}
+    )

@@ -1,28 +1,28 @@
 """The ``aevb`` command line: thin argument parsing over the Python API.
 
-Every field of ModelConfig, DataConfig and TrainConfig is a ``train`` flag spelled with
-dashes; values are type-checked by :mod:`aevb.config`. Errors a user can cause print one
-line (``aevb: error: ...``) and exit non-zero.
+Every config field is a ``train`` flag (``--latent-dim``, or ``--vae.latent-dim``); values
+are type- and range-checked by :mod:`aevb.config`. Errors a user can cause print one line
+(``aevb <command>: error: ...``) and exit non-zero; Ctrl-C prints one line and exits 130.
+Parsing needs neither torch nor numpy (``--help`` is instant); each command imports what
+it uses when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from . import checkpoint as ckpt
-from .config import RunConfig, all_fields, coerce
-from .errors import AevbError, ConfigError, DataError
+from .config import RunConfig, all_fields, flag, resolve_field, short_names, valid_flags
+from .errors import AevbError, ConfigError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,49 +46,66 @@ class Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
-def _config_flags() -> list[str]:
-    return ["--" + name.replace("_", "-") for name in all_fields()]
+TRAIN_OPTIONS = ("--config", "--out", "--resume", "--no-progress", "--nproc")
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="aevb", description="Train, evaluate and use variational autoencoders.")
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    parser = Parser(prog="aevb", description="Train, evaluate and use variational autoencoders.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _sample_parser(sub)
+    _reconstruct_parser(sub)
+    _interpolate_parser(sub)
+    _manifold_parser(sub)
+    _embed_parser(sub)
+    info_p = sub.add_parser("info", help="a run's status, config and final metrics")
+    _run_arg(info_p)
+    info_p.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_parser("datasets", help="list the named datasets")
+    return parser
 
-    t = sub.add_parser(
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    train_p = sub.add_parser(
         "train",
-        help="train a VAE (or continue one with --resume)",
-        description="Train a VAE. Every config field is a flag; the last line printed is the run directory.",
+        help="train a model (or continue one with --resume)",
+        description="Train a model. Every config field is a flag (--FIELD, or --SECTION.FIELD); "
+        "the last line printed is the run directory.",
         allow_abbrev=False,
     )
-    t.valid_hint = ", ".join(
-        ["--config", "--out", "--resume", "--no-progress", "--nproc", *_config_flags()]
-    )
-    t.add_argument(
+    train_p.valid_hint = ", ".join([*TRAIN_OPTIONS, valid_flags()])
+    train_p.add_argument(
         "--config", metavar="FILE.json", help="start from this config (partial configs are fine)"
     )
-    t.add_argument(
+    train_p.add_argument(
         "--out", metavar="RUN_DIR", help="run directory (default runs/<dataset>-<timestamp>)"
     )
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue this run in place")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.add_argument(
+    train_p.add_argument("--resume", metavar="RUN_DIR", help="continue this run in place")
+    train_p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train_p.add_argument(
         "--nproc",
         type=int,
         metavar="N",
         help="train in N processes on this machine (torchrun + DistributedDataParallel; "
         "one GPU each on CUDA); --batch-size stays the global batch",
     )
-    groups = {s: t.add_argument_group(f"{s} config") for s in ("model", "data", "train")}
-    for name, (section, f) in all_fields().items():
-        flag = "--" + name.replace("_", "-")
+    short = short_names()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for qualified, (section, f) in all_fields().items():
+        if section not in groups:
+            groups[section] = train_p.add_argument_group(f"{section} config")
+        flags = [f"--{qualified.replace('_', '-')}"]
+        if short.get(f.name) == qualified:
+            flags.insert(0, "--" + f.name.replace("_", "-"))
         choices = f.metadata.get("choices")
         help_text = f.metadata.get("help", "") + (f" {{{', '.join(choices)}}}" if choices else "")
         help_text += f" (default: {f.default})".replace("%", "%%")
         is_bool = f.type in (bool, "bool")
         groups[section].add_argument(
-            flag,
-            dest=f"cfg_{name}",
+            *flags,
+            dest=f"cfg__{qualified}",
             default=argparse.SUPPRESS,
             metavar="" if is_bool else "VALUE",
             nargs="?" if is_bool else None,
@@ -96,94 +113,114 @@ def build_parser() -> Parser:
             help=help_text,
         )
 
-    e = sub.add_parser(
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "evaluate",
         help="importance-sampled log p(x), neg-ELBO, rate, distortion on a whole split",
         description="Score every example of a split once: log p(x) by importance sampling with K "
         "samples (Burda et al. 2015), the ELBO and its gap, rate (KL) and distortion (reconstruction "
         "NLL), per-dimension KL, active units and bits per dimension; each mean with a standard error.",
     )
-    _run_arg(e)
-    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    e.add_argument(
+    _run_arg(p)
+    _split_arg(p)
+    p.add_argument(
         "--k", type=int, default=100, help="importance samples per example (5000 for papers)"
     )
-    e.add_argument(
+    p.add_argument(
         "--naive",
         type=int,
         default=0,
         metavar="N",
         help="also the naive estimate from N prior samples (shows why importance sampling is needed)",
     )
-    e.add_argument(
+    p.add_argument(
         "--chunk-size",
         type=int,
         default=None,
         help="most (example, sample) pairs decoded at once; bounds memory, not results "
         "(default 2048 on CPU, 262144 on GPU)",
     )
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--report", metavar="FILE.md", help="also write a Markdown report")
-    e.add_argument("--batch-size", type=int, default=500)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    _dataset_arg(e)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--report", metavar="FILE.md", help="also write a Markdown report")
+    p.add_argument("--batch-size", type=int, default=500, help="examples per encoder pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _data_args(p)
 
-    s = sub.add_parser("sample", help="generate new data by sampling the prior")
-    _run_arg(s)
-    s.add_argument("-n", type=int, default=64, help="number of samples")
-    s.add_argument("--temperature", type=float, default=1.0, help="z ~ N(0, T^2 I)")
-    s.add_argument(
+
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate new data by sampling the prior")
+    _run_arg(p)
+    p.add_argument("-n", type=int, default=64, help="number of samples")
+    p.add_argument("--temperature", type=float, default=1.0, help="sample the prior at T")
+    p.add_argument(
         "--mean", action="store_true", help="show E[x|z] instead of a draw of x ~ p(x|z)"
     )
-    s.add_argument("--seed", type=int, default=0)
-    _out_arg(s, "FILE.png", "also writes FILE.npy beside it (default RUN/figures/sample.png)")
+    p.add_argument("--seed", type=int, default=0)
+    _out_arg(p, "samples", "also writes FILE.npy beside it")
 
-    r = sub.add_parser("reconstruct", help="originals above their reconstructions")
-    _run_arg(r)
-    r.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    r.add_argument("-n", type=int, default=16)
-    _dataset_arg(r)
-    _out_arg(r, "FILE.png", "(default RUN/figures/reconstruct.png)")
 
-    i = sub.add_parser("interpolate", help="decode paths between latent means of test examples")
-    _run_arg(i)
-    i.add_argument("--steps", type=int, default=10, help="points per path, endpoints included")
-    i.add_argument("--pairs", type=int, default=5, help="number of paths (rows)")
-    i.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
-    i.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    _out_arg(i, "FILE.png", "(default RUN/figures/interpolate.png)")
+def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="originals above their reconstructions")
+    _run_arg(p)
+    _split_arg(p)
+    p.add_argument("-n", type=int, default=16)
+    _data_args(p)
+    _out_arg(p, "reconstructions", "also writes FILE.npy beside it")
 
-    m = sub.add_parser("manifold", help="decode a grid z = Phi^-1(u) (2-D latents only)")
-    _run_arg(m)
-    m.add_argument("--grid", type=int, default=20, help="grid points per axis")
-    _out_arg(m, "FILE.png", "(default RUN/figures/manifold.png)")
 
-    b = sub.add_parser("embed", help="write the latent means of a split")
-    _run_arg(b)
-    b.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    _dataset_arg(b)
-    b.add_argument("--out", required=True, metavar="FILE.npy|FILE.csv")
+def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("interpolate", help="decode paths between latents of test examples")
+    _run_arg(p)
+    p.add_argument("--steps", type=int, default=10, help="points per path, endpoints included")
+    p.add_argument("--pairs", type=int, default=5, help="number of paths (rows)")
+    p.add_argument(
+        "--slerp", action="store_true", help="spherical instead of linear (N(0, I) priors)"
+    )
+    _split_arg(p)
+    _data_args(p)
+    _out_arg(p, "interpolation")
 
-    f = sub.add_parser("info", help="a run's config and final metrics")
-    _run_arg(f)
-    f.add_argument("--json", action="store_true")
 
-    sub.add_parser("datasets", help="list the named datasets")
-    return p
+def _manifold_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("manifold", help="decode a grid z = Phi^-1(u) (2-D N(0, I) latents only)")
+    _run_arg(p)
+    p.add_argument("--grid", type=int, default=20, help="grid points per axis")
+    _out_arg(p, "manifold")
+
+
+def _embed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="write the posterior summaries (means) of a split")
+    _run_arg(p)
+    _split_arg(p)
+    _data_args(p)
+    p.add_argument("--out", required=True, metavar="FILE.npy|FILE.csv")
 
 
 def _run_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run directory written by `aevb train`")
 
 
-def _out_arg(p: argparse.ArgumentParser, metavar: str, help: str) -> None:
-    p.add_argument("--out", metavar=metavar, help=help)
+def _split_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
 
 
-def _dataset_arg(p: argparse.ArgumentParser) -> None:
+def _out_arg(p: argparse.ArgumentParser, figure: str, more: str = "") -> None:
+    p.add_argument(
+        "--out", metavar="FILE.png", help=f"(default RUN/figures/{figure}.png) {more}".strip()
+    )
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset", metavar="NAME|PATH", help="use other data than the run's (same shape)"
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the named datasets are now (default: the folder recorded at training if "
+        "it still exists, else $AEVB_DATA, else ~/.cache/aevb)",
     )
 
 
@@ -194,30 +231,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and args.nproc != 1:
         return _launch_train(args)
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
-    if args.resume:
+    overrides = _overrides(args)
+    if args.resume is not None:
         if args.config:
             raise ConfigError("--config cannot be combined with --resume (the run has its config)")
-        section_of = {n: s for n, (s, _) in all_fields().items()}
-        fixed = [n for n in overrides if section_of[n] != "train"]
+        fixed = [k for k in overrides if resolve_field(k)[0] != "train"]
         if fixed:
             raise ConfigError(
-                f"cannot change {', '.join('--' + n.replace('_', '-') for n in fixed)} when resuming; "
-                "only training options (--steps, --epochs, --lr, ...) may change"
+                f"cannot change {', '.join(flag(k) for k in fixed)} when resuming; only "
+                "training options (--steps, --epochs, --lr, ...) may change"
             )
-        if args.out and Path(args.out) != Path(args.resume):
+        if args.out is not None and Path(args.out) != Path(args.resume):
             raise ConfigError("--resume continues the run in place; drop --out")
-        steps = overrides.pop("steps", None)
-        epochs = overrides.pop("epochs", None)
-        typed = {k: coerce(_section_cls("train"), k, v) for k, v in overrides.items()}
+        if not args.resume:
+            raise ConfigError("--resume must name a run directory")
+        steps = overrides.pop("train.steps", None)
+        epochs = overrides.pop("train.epochs", None)
+        from .config import TrainConfig, coerce
+
+        typed = {
+            k.split(".", 1)[1]: coerce(TrainConfig, k.split(".", 1)[1], v)
+            for k, v in overrides.items()
+        }
         result = resume(
             args.resume,
-            steps=coerce(_section_cls("train"), "steps", steps) if steps is not None else None,
-            epochs=coerce(_section_cls("train"), "epochs", epochs) if epochs is not None else None,
+            steps=coerce(TrainConfig, "steps", steps) if steps is not None else None,
+            epochs=coerce(TrainConfig, "epochs", epochs) if epochs is not None else None,
             progress=not args.no_progress,
             **typed,
         )
     else:
+        if args.out is not None and args.out.strip() in ("", "."):
+            raise ConfigError("--out must name a directory for the run (not the current directory)")
         config = _train_config(args, overrides)
         result = train(config, args.out, progress=not args.no_progress)
     if is_main():  # under torchrun, one summary and one run directory
@@ -226,19 +271,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``{section.field: raw value}`` of the config flags given on the command line."""
+    return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__")}
+
+
 def _train_config(args: argparse.Namespace, overrides: dict[str, Any]) -> RunConfig:
     config = RunConfig()
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        config = RunConfig.from_json(path.read_text())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not text (UTF-8 JSON expected)") from None
+        config = RunConfig.from_json(text)
     return config.replace(**overrides)
 
 
 def _launch_train(args: argparse.Namespace) -> int:
     """``aevb train --nproc N ...``: ``aevb train ...`` in N processes under torchrun."""
-    from . import distributed
+    from . import distributed, rundir
     from .train import default_run_dir
 
     if args.nproc < 1:
@@ -248,18 +302,23 @@ def _launch_train(args: argparse.Namespace) -> int:
     argv = _without_option(args.argv, "--nproc")
     run = args.resume or args.out
     if args.resume:
+        from . import checkpoint as ckpt
+
         ckpt.load_config(args.resume)  # a missing or broken run fails here, once
-    else:  # a bad flag fails here, once; every rank gets the same directory
-        overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
-        config = _train_config(args, overrides)
+    else:  # a bad flag or folder fails here, once; every rank gets the same directory
+        config = _train_config(args, _overrides(args))
         distributed.check_batch_size(config.train.batch_size, args.nproc)
         if run is None:
             run = str(default_run_dir(config))
             argv += ["--out", run]
+        elif why := rundir.refusal(Path(run), rundir.inspect(Path(run))):
+            raise ConfigError(why)
     code = distributed.launch(args.nproc, argv)
+    if code == EXIT_INTERRUPTED:
+        return code
     if code != 0:
         hint = ""
-        if (Path(run) / ckpt.STATE_FILE).is_file():
+        if (Path(run) / rundir.STATE_FILE).is_file():
             hint = (
                 f"; continue from its last checkpoint with "
                 f"`aevb train --resume {run} --nproc {args.nproc}`"
@@ -286,60 +345,51 @@ def _without_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def _section_cls(section: str) -> type:
-    from .config import SECTIONS
-
-    return SECTIONS[section]
-
-
 def _print_summary(m: dict[str, Any]) -> None:
     if not m:
         return
+
+    def num(key: str) -> str:
+        v = m.get(key)
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
+
     print(
-        f"step {m['step']}  epoch {m['epoch']}  valid neg-ELBO {m['valid_neg_elbo']:.3f} nats/example "
-        f"(recon NLL {m['valid_recon_nll']:.3f}, KL {m['valid_kl']:.3f})  wall {m['wall_time_s']:.1f}s"
+        f"step {m['step']}  epoch {m['epoch']}  valid neg-ELBO {num('valid_neg_elbo')} "
+        f"nats/example (recon NLL {num('valid_recon_nll')}, KL {num('valid_kl')})  "
+        f"wall {m.get('wall_time_s', 0):.1f}s"
     )
     if m.get("best_epoch") is not None:
         why = "stopped early; " if m.get("stopped_early") else ""
         print(
             f"{why}model.safetensors holds the best epoch, {m['best_epoch']} "
-            f"(valid neg-ELBO {m['best_valid_neg_elbo']:.3f} nats/example)"
+            f"(valid neg-ELBO {num('best_valid_neg_elbo')} nats/example)"
         )
 
 
-def _load(run: str, device: str = "cpu"):
+def _device(name: str):
     from .train import resolve_device
 
-    return ckpt.load_model(run, device=resolve_device(device))
+    return resolve_device(name)
 
 
-def _run_dataset(run: str, dataset: str | None = None):
-    """The run's dataset (as recorded in its config) or another one of the same shape."""
-    from dataclasses import replace
-
-    from .data import load_dataset
-
-    config = ckpt.load_config(run)
-    data_config = config.data if dataset is None else replace(config.data, dataset=dataset)
-    ds = load_dataset(data_config)
-    if tuple(ds.info.shape) != tuple(config.model.input_shape):
-        raise DataError(
-            f"{ds.info.name} has examples of shape {tuple(ds.info.shape)} but the model of {run} "
-            f"expects {tuple(config.model.input_shape)}"
-        )
-    return ds
+def _positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import runs
     from .evaluate import evaluate, markdown_report
+    from .rundir import check_output_file
 
-    for name in ("k", "chunk_size", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    _positive(k=args.k, chunk_size=args.chunk_size, batch_size=args.batch_size)
     if args.naive < 0:
         raise ConfigError("--naive must be >= 0")
-    model = _load(args.run, args.device)
-    ds = _run_dataset(args.run, args.dataset)
+    if args.report:
+        check_output_file(args.report, "--report")
+    model = runs.load_run_model(args.run, _device(args.device))
+    ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
     res = evaluate(
         model,
         ds,
@@ -352,147 +402,190 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     res["run"] = str(args.run)
+    report = markdown_report(res, f"aevb evaluation of {args.run}")
     if args.report:
-        ckpt.atomic_write_text(args.report, markdown_report(res, f"aevb evaluation of {args.run}"))
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(args.report, report)
     if args.json:
-        print(json.dumps(res))
-        return 0
-    print(
-        f"{args.split} split, {res['n_examples']} examples, K = {res['k']}; nats per example (± standard error):"
-    )
-    rows = [
-        ("log p(x) (importance-sampled)", "log_px_iw"),
-        ("log p(x) (naive, prior)", "log_px_naive"),
-        ("neg-ELBO", "neg_elbo"),
-        ("gap log p(x) - ELBO", "gap"),
-        ("KL (rate)", "rate"),
-        ("recon NLL (distortion)", "distortion"),
-        ("bits per dimension", "bits_per_dim"),
-    ]
-    for label, key in rows:
-        if key in res:
-            print(f"  {label:30s} {res[key]:11.4f} ± {res[key + '_se']:.4f}")
-    print(f"  active units                   {res['active_units']} of {len(res['kl_per_dim'])}")
+        from .checkpoint import jsonable
+
+        print(json.dumps(jsonable(res)))
+    else:
+        print(report, end="")
     return 0
 
 
-def _default_out(run: str, out: str | None, name: str) -> Path:
-    return Path(out) if out else Path(run) / ckpt.FIGURES_DIR / name
+def _figure_out(run: str, out: str | None, figure: str, suffixes=(".png",)) -> Path:
+    """The output picture: checked before any work; default RUN/figures/<figure>.png."""
+    from .figures import FIGURE_NAMES
+    from .rundir import FIGURES_DIR, check_output_file
+
+    path = Path(out) if out is not None else Path(run) / FIGURES_DIR / FIGURE_NAMES[figure]
+    return check_output_file(path, "--out", suffixes)
 
 
 def _value_range(run: str) -> tuple[float, float]:
-    vr = ckpt.load_dataset_info(run).get("value_range", [0.0, 1.0])
+    from .checkpoint import load_dataset_info
+
+    vr = load_dataset_info(run).get("value_range", [0.0, 1.0])
     return float(vr[0]), float(vr[1])
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    _positive(n=args.n)
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    out = _figure_out(args.run, args.out, "samples")
+    import torch
+
+    from . import runs
     from .figures import plot_samples
 
-    if args.n < 1:
-        raise ConfigError("-n must be >= 1")
-    if not math.isfinite(args.temperature):
-        raise ConfigError(f"--temperature must be a finite number, got {args.temperature}")
-    model = _load(args.run)
+    model = runs.load_run_model(args.run)
     gen = torch.Generator().manual_seed(args.seed)
     x = model.sample(args.n, temperature=args.temperature, mean=args.mean, generator=gen)
-    out = _default_out(args.run, args.out, "sample.png")
-    _save_npy(out.with_suffix(".npy"), x.numpy())
-    plot_samples(x, out, _value_range(args.run), title=f"samples, temperature {args.temperature:g}")
+    _write_picture_and_array(
+        out,
+        x,
+        lambda: plot_samples(x, out, _value_range(args.run), f"samples, T = {args.temperature:g}"),
+    )
     print(out)
     return 0
 
 
+def _write_picture_and_array(out: Path, x, draw) -> None:
+    """The picture and FILE.npy beside it, both or neither."""
+    npy = out.with_suffix(".npy")
+    _save_npy(npy, x.cpu().numpy())
+    try:
+        draw()
+    except BaseException:
+        npy.unlink(missing_ok=True)
+        raise
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    _positive(n=args.n)
+    out = _figure_out(args.run, args.out, "reconstructions")
+    from . import runs
     from .figures import plot_reconstructions
 
-    if args.n < 1:
-        raise ConfigError("-n must be >= 1")
-    model = _load(args.run)
-    ds = _run_dataset(args.run, args.dataset)
-    x = ds.head(args.split, args.n)
-    out = _default_out(args.run, args.out, "reconstruct.png")
-    x_hat = model.reconstruct(x)
-    _save_npy(out.with_suffix(".npy"), x_hat.numpy())
-    plot_reconstructions(x, x_hat, out, _value_range(args.run))
+    model = runs.load_run_model(args.run)
+    ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
+    x, y = ds.head(args.split, args.n).cpu(), ds.head_labels(args.split, args.n)
+    x_hat = model.reconstruct(x, y)
+    _write_picture_and_array(
+        out, x_hat, lambda: plot_reconstructions(x, x_hat, out, _value_range(args.run))
+    )
     print(out)
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from .figures import plot_interpolation
-
     if args.steps < 2:
         raise ConfigError("--steps must be >= 2")
-    if args.pairs < 1:
-        raise ConfigError("--pairs must be >= 1")
-    model = _load(args.run)
-    ds = _run_dataset(args.run)
-    x = ds.head(args.split, 2 * args.pairs)
-    out = _default_out(args.run, args.out, "interpolate.png")
+    _positive(pairs=args.pairs)
+    out = _figure_out(args.run, args.out, "interpolation")
+    from . import runs
+    from .figures import check_walkable, plot_interpolation
+
+    model = runs.load_run_model(args.run)
+    check_walkable(model, args.slerp)
+    ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
+    x = ds.head(args.split, 2 * args.pairs).cpu()
+    if len(x) < 2:
+        raise ConfigError(
+            f"the {args.split} split has fewer than 2 examples to interpolate between"
+        )
     plot_interpolation(model, x, out, args.steps, args.slerp, _value_range(args.run))
     print(out)
     return 0
 
 
 def cmd_manifold(args: argparse.Namespace) -> int:
-    from .figures import plot_manifold
-
-    model = _load(args.run)
-    if model.config.latent_dim != 2:
-        raise ConfigError(
-            f"the manifold figure needs a 2-D latent space; this model has latent_dim {model.config.latent_dim} "
-            "(train with --latent-dim 2)"
-        )
     if args.grid < 2:
         raise ConfigError("--grid must be >= 2")
-    out = _default_out(args.run, args.out, "manifold.png")
+    out = _figure_out(args.run, args.out, "manifold")
+    from . import runs
+    from .figures import plot_manifold
+
+    model = runs.load_run_model(args.run)
     plot_manifold(model, out, args.grid, _value_range(args.run))
     print(out)
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    model = _load(args.run)
-    ds = _run_dataset(args.run, args.dataset)
-    mu = torch.cat([model.embed(b) for b in ds.eval_batches(args.split, 1000)]).numpy()
-    out = Path(args.out)
+    from .rundir import check_output_file
+
+    out = check_output_file(args.out, "--out", (".npy", ".csv"))
+    import numpy as np
+    import torch
+
+    from . import runs
+
+    model = runs.load_run_model(args.run)
+    ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
+    parts = [model.embed(x.cpu(), y) for x, y in ds.eval_batches(args.split, 1000)]
+    emb = torch.cat(parts).cpu().numpy()
     if out.suffix == ".npy":
-        _save_npy(out, mu)
-    elif out.suffix == ".csv":
-        labels = ds.labels(args.split)
-        header = ",".join(f"z{j + 1}" for j in range(mu.shape[1]))
-        rows = mu if labels is None else np.column_stack([mu, labels.numpy()])
-        if labels is not None:
-            header += ",label"
+        _save_npy(out, emb)
+    else:
         import io
 
+        from .checkpoint import atomic_write_text
+
+        labels = ds.labels(args.split)
+        header = ",".join(f"z{j + 1}" for j in range(emb.shape[1]))
+        rows = emb if labels is None else np.column_stack([emb, labels.cpu().numpy()])
+        if labels is not None:
+            header += ",label"
         buf = io.StringIO()
         np.savetxt(buf, rows, delimiter=",", header=header, comments="", fmt="%.7g")
-        ckpt.atomic_write_text(out, buf.getvalue())
-    else:
-        raise ConfigError(f"--out must end in .npy or .csv, got {out.name}")
+        atomic_write_text(out, buf.getvalue())
     print(out)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from . import checkpoint as ckpt
+    from . import rundir
+
     d = ckpt.read_config_dict(args.run)
-    ckpt.load_config(args.run)  # validates
+    config = ckpt.load_config(args.run)  # validates
     metrics = ckpt.read_metrics(args.run)
+    run = Path(args.run)
+    step = rundir.state_step(run)
+    if (run / rundir.MODEL_FILE).is_file():
+        status = {"status": "finished", "step": metrics[-1]["step"] if metrics else step}
+    else:
+        status = {"status": "unfinished", "step": step}
     final = metrics[-1] if metrics else {}
     if args.json:
-        print(json.dumps({"config": d, "final_metrics": final}))
+        out = {
+            "status": status,
+            "config": d,
+            "final_metrics": final if status["status"] == "finished" else None,
+        }
+        out["last_metrics"] = final
+        print(json.dumps(ckpt.jsonable(out)))
         return 0
     print(f"run {args.run}")
-    for section in ("model", "data", "train"):
+    if status["status"] == "finished":
+        print("[status] finished")
+    else:
+        where = f"at step {step}" if step is not None else "before its first checkpoint"
+        print(f"[status] unfinished {where}: continue with `aevb train --resume {args.run}`")
+    for section, values in config.to_dict().items():
         print(f"[{section}]")
-        for k, v in d.get(section, {}).items():
+        for k, v in values.items():
             print(f"  {k} = {v}")
     info = d.get("dataset_info")
     if info:
         print(f"[dataset] {info.get('name')}: shape {info.get('shape')}, sizes {info.get('sizes')}")
     if final:
-        print("[final metrics]")
+        print("[final metrics]" if status["status"] == "finished" else "[last logged epoch]")
         _print_summary(final)
     return 0
 
@@ -505,12 +598,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
+def _save_npy(path: Path, arr) -> None:
     import io
+
+    import numpy as np
+
+    from .checkpoint import atomic_write_bytes
 
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
-    ckpt.atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 COMMANDS = {
@@ -526,35 +623,63 @@ COMMANDS = {
 }
 
 
+class _NoteFormatter(logging.Formatter):
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"aevb {self.command}: note: {record.getMessage()}"
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (a worker's traceback text is dropped)."""
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1].strip() if len(lines) > 1 and "Traceback" in text else " ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``aevb`` and ``python -m aevb``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc` to pass on
-    if args.version:
-        from . import __version__
-
-        print(__version__)
-        return 0
-    if not args.command:
-        parser.print_help()
-        return EXIT_USAGE
+    command = "?"
     try:
-        return COMMANDS[args.command](args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc`
+        if args.version:
+            from . import __version__
+
+            print(__version__)
+            return 0
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
+        command = args.command
+        logger = logging.getLogger("aevb")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_NoteFormatter(command))
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            return COMMANDS[command](args)
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = True
     except AevbError as e:
         from .distributed import rank_tag  # "" in one process, " on rank R of N" under torchrun
 
-        print(f"aevb {args.command}: error{rank_tag()}: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        code = getattr(e, "exit_code", EXIT_ERROR)
+        kind = "interrupted" if code == EXIT_INTERRUPTED else "error"
+        print(f"aevb {command}: {kind}{rank_tag()}: {_one_line(e)}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
-        saved = " (training state saved; continue with --resume)" if args.command == "train" else ""
-        print(f"aevb {args.command}: interrupted{saved}", file=sys.stderr)
-        return 130
+        print(f"aevb {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `aevb info RUN | head`: the reader left; nothing to report
         sys.stderr.close()
         return 0
     except OSError as e:
-        print(f"aevb {args.command}: error: {e}", file=sys.stderr)
+        print(f"aevb {command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -1,24 +1,40 @@
-"""Run configuration: three frozen dataclasses, a JSON round trip, typed overrides.
+"""Run configuration: frozen dataclass sections, a JSON round trip, typed and validated flags.
 
-* :class:`ModelConfig` — everything the model needs and nothing else (the model sees only it).
-* :class:`DataConfig` — which data, how it is split and transformed.
-* :class:`TrainConfig` — the optimisation loop.
+A run's ``config.json`` has four core sections, always present:
 
-Field names are unique across the three, so every field is one CLI flag spelled with
-dashes (``latent_dim`` -> ``--latent-dim``). Values are type-checked; an unknown key is an
-error that lists the valid ones (in JSON files and on the command line alike).
+* ``model`` (:class:`ModelConfig`) — which model, its networks and its likelihood;
+* ``objective`` (:class:`ObjectiveConfig`) — which bound is trained, the KL weight and its
+  schedule, free bits;
+* ``data`` (:class:`DataConfig`) — which data and how it is split and transformed;
+* ``train`` (:class:`TrainConfig`) — the optimisation loop and its learning-rate schedule;
+
+plus one section per *variant* in use, registered with :func:`register_section` and
+active only when its switch is on (``vae`` for the Gaussian latent of ``--model vae``,
+``iwae`` for ``--objective iwae``, ``hvae``, ``vamp`` for ``--prior vamp``, ...). A model
+sees only its own sections. Each field is a command-line flag: ``--section.field`` always,
+and the short ``--field`` when no other section has a field of that name
+(``latent_dim`` -> ``--latent-dim``, ``--vae.latent-dim``). Values are type-checked and
+range-checked when a section is built, so a bad number fails before anything is read or
+written, whether it comes from a flag, a JSON file or Python; a flag of a section that is
+not in use is an error naming the switch that would enable it.
+
+This module imports neither torch nor numpy: ``aevb --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+
+CONFIG_VERSION = 2
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -28,15 +44,38 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata=meta)
 
 
+# --- checks shared by the sections ---------------------------------------------------------
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _at_least(obj: Any, least: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value >= least:
+            raise ConfigError(f"{_flag(name)} must be >= {least:g}, got {value}")
+
+
+def _positive_finite(obj: Any, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+        if not ok:
+            what = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{_flag(name)} must be a finite number {what}, got {value}")
+
+
+# --- the core sections ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model's own configuration (serialised as ``config.json["model"]``)."""
+    """The model: variant, networks, likelihood and prior (``config.json["model"]``)."""
 
-    model: str = _f("vae", "model variant from the model registry")
+    model: str = _f("vae", "model variant from the model registry (see the README's model table)")
     input_shape: tuple[int, ...] = _f(
         (), "shape of one example, set from the data ((D,) for vectors, (C, H, W) for images)"
     )
-    latent_dim: int = _f(2, "dimension of the latent z (2 gives the manifold figure)")
     hidden: tuple[int, ...] = _f(
         (256, 256), "hidden layer widths (mlp) or channels of the stride-2 convolutions (conv)"
     )
@@ -47,14 +86,54 @@ class ModelConfig:
     )
     sigma: float = _f(0.1, "Gaussian likelihoods: fixed sigma, or initial value of a learned one")
     sigma_min: float = _f(1e-3, "learned Gaussian sigma is sigma_min + softplus(raw)")
+    prior: str = _f("standard", "prior p(z): 'standard' N(0, I), or 'vamp' (VampPrior)")
+
+    def __post_init__(self) -> None:
+        if any(s <= 0 for s in self.input_shape):
+            raise ConfigError(f"input_shape must be positive sizes, got {self.input_shape}")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden sizes must be >= 1, got {self.hidden}")
+        _positive_finite(self, "sigma")
+        _positive_finite(self, "sigma_min", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What training maximises, and how the KL term is weighted (``config.json["objective"]``).
+
+    beta schedules (pure functions of the step, see :mod:`aevb.schedules`): ``constant``
+    (beta throughout); ``linear`` warm-up from ``beta_start`` to beta over
+    ``beta_warmup_steps`` (Bowman et al. 2016; Sønderby et al. 2016); ``cyclical``: cycles of
+    ``beta_period_steps``, each rising linearly from ``beta_start`` to beta over the first
+    ``beta_ratio`` of the cycle, then flat (Fu et al. 2019, https://arxiv.org/abs/1903.10145).
+    Free bits (Kingma et al. 2016, https://arxiv.org/abs/1606.04934): the KL of each latent
+    dimension (or group), averaged over the batch, counts as at least ``free_bits`` nats.
+    """
+
+    objective: str = _f("elbo", "training objective: 'elbo' or 'iwae' (importance-weighted bound)")
     beta: float = _f(1.0, "weight of the KL term (1 is the ELBO; beta-VAE otherwise)")
-    samples: int = _f(1, "Monte-Carlo samples L of z per example in the training objective")
-    objective: str = _f("elbo", "training objective from the objective registry")
+    beta_schedule: str = _f(
+        "constant", "how beta moves with the step", ("constant", "linear", "cyclical")
+    )
+    beta_start: float = _f(0.0, "beta at the start of a warm-up or of each cycle")
+    beta_warmup_steps: int = _f(10_000, "linear schedule: steps from beta_start to beta")
+    beta_period_steps: int = _f(10_000, "cyclical schedule: steps per cycle")
+    beta_ratio: float = _f(0.5, "cyclical schedule: fraction of each cycle spent rising")
+    free_bits: float = _f(0.0, "minimum KL in nats per latent dimension (or group) in the loss")
+    free_bits_per: str = _f(
+        "dim", "free bits per latent 'dim' or per latent 'group'", ("dim", "group")
+    )
+
+    def __post_init__(self) -> None:
+        _positive_finite(self, "beta", "beta_start", "free_bits", allow_zero=True)
+        _at_least(self, 1, "beta_warmup_steps", "beta_period_steps")
+        if not 0 < self.beta_ratio <= 1:
+            raise ConfigError(f"--beta-ratio must be in (0, 1], got {self.beta_ratio}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data and how it is prepared (serialised as ``config.json["data"]``)."""
+    """Which data and how it is prepared (``config.json["data"]``)."""
 
     dataset: str = _f(
         "digits",
@@ -84,54 +163,258 @@ class DataConfig:
     )
     num_workers: int = _f(2, "DataLoader worker processes for data read from disk")
 
+    def __post_init__(self) -> None:
+        if self.dataset.strip() == "":
+            raise ConfigError("--dataset is empty; give a dataset name or a path")
+        _at_least(self, 0, "split_seed", "memory_budget_mb", "num_workers")
+        _at_least(self, 3, "synthetic_size")
+        for name in ("valid_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ConfigError(f"{_flag(name)} must be in (0, 1), got {value}")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ConfigError("--valid-fraction and --test-fraction must sum below 1")
+        if any(s < 1 for s in self.image_size) or len(self.image_size) > 2:
+            raise ConfigError(
+                f"--image-size must be one or two sizes >= 1 (H,W), got {self.image_size}"
+            )
+        if self.columns is not None and not [c for c in self.columns.split(",") if c.strip()]:
+            raise ConfigError(f"--columns {self.columns!r} names no column; e.g. --columns a,b,c")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation loop (serialised as ``config.json["train"]``)."""
+    """The optimisation loop (``config.json["train"]``).
+
+    Learning-rate schedules (pure functions of the step, :mod:`aevb.schedules`):
+    ``constant``; ``cosine``: linear warm-up over ``warmup_epochs``, then a cosine from lr
+    down to ``lr_min`` at the last step; ``burda``: Burda et al. (2015)'s 3^i epochs at
+    lr·10^(-i/7), i = 0..7 — as a preset it also sets their batch size 20, Adam eps 1e-4
+    and 3,280 epochs, unless those are given too.
+    """
 
     epochs: int = _f(100, "passes over the training split (ignored when --steps is given)")
     steps: int | None = _f(None, "total optimiser steps (takes precedence over --epochs)")
     batch_size: int = _f(128, "examples per optimiser step")
-    lr: float = _f(1e-3, "Adam learning rate")
+    lr: float = _f(1e-3, "Adam learning rate (the peak of a schedule)")
+    schedule: str = _f(
+        "constant", "learning-rate schedule (also a preset)", ("constant", "cosine", "burda")
+    )
+    warmup_epochs: float = _f(0.0, "cosine schedule: epochs of linear warm-up from 0")
+    lr_min: float = _f(0.0, "cosine schedule: learning rate at the last step")
+    adam_eps: float = _f(1e-8, "Adam's epsilon")
     seed: int = _f(0, "seed of initialisation, data order and sampling noise")
     device: str = _f("auto", "where to train", ("auto", "cpu", "cuda"))
     patience: int | None = _f(None, "stop after this many epochs without a better valid neg-ELBO")
     eval_batch_size: int = _f(1000, "examples per batch when evaluating")
     checkpoint_every: int = _f(0, "write the training checkpoint every N steps (0: every epoch)")
+    snapshot_epochs: tuple[int, ...] = _f(
+        (), "also keep the weights of these epochs in snapshots/epoch-N.safetensors"
+    )
     grad_clip: float | None = _f(None, "clip the gradient norm at this value")
+    max_skipped_steps: int = _f(
+        20, "stop after this many consecutive steps with a non-finite loss or gradient"
+    )
     compile: bool = _f(False, "torch.compile the training step")
     log_every: int = _f(25, "refresh the progress bar every N steps")
     figures: bool = _f(True, "draw the figures at the end of training")
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "epochs", "steps", "batch_size", "eval_batch_size", "log_every")
+        _at_least(self, 1, "patience", "max_skipped_steps")
+        _at_least(self, 0, "checkpoint_every", "seed")
+        _positive_finite(self, "lr", "adam_eps", "grad_clip")
+        _positive_finite(self, "warmup_epochs", "lr_min", allow_zero=True)
+        if any(e < 1 for e in self.snapshot_epochs):
+            raise ConfigError(f"--snapshot-epochs must be epochs >= 1, got {self.snapshot_epochs}")
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+CORE: dict[str, type] = {
+    "model": ModelConfig,
+    "objective": ObjectiveConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+
+# --- variant sections -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SectionSpec:
+    """A registered variant section: its dataclass and the switch that turns it on."""
+
+    name: str
+    cls: type
+    switch: tuple[str, str]  # (core section, field)
+    values: tuple[str, ...]  # the switch's values for which the section is in use
+
+    def active(self, core: Mapping[str, Any]) -> bool:
+        section, name = self.switch
+        return getattr(core[section], name) in self.values
+
+    def when(self) -> str:
+        return " or ".join(f"{_flag(self.switch[1])} {v}" for v in self.values)
+
+
+VARIANTS: dict[str, SectionSpec] = {}
+_FIELD_CACHE: dict[str, Any] = {}  # flag tables, rebuilt when a section is registered
+
+
+def register_section(
+    name: str, switch: tuple[str, str], values: str | tuple[str, ...]
+) -> Callable[[type], type]:
+    """Class decorator: a frozen dataclass becomes config section ``name``, in use when
+    ``switch`` (a core ``(section, field)``) takes one of ``values``.
+
+    Example:
+        >>> @register_section("mymodel", ("model", "model"), "mymodel")  # doctest: +SKIP
+        ... @dataclass(frozen=True)
+        ... class MyModelConfig:
+        ...     width: int = 64
+    """
+    values = (values,) if isinstance(values, str) else tuple(values)
+
+    def deco(cls: type) -> type:
+        if name in CORE:
+            raise ValueError(f"{name!r} is a core section")
+        VARIANTS[name] = SectionSpec(name, cls, switch, values)
+        _FIELD_CACHE.clear()
+        return cls
+
+    return deco
+
+
+@register_section("vae", ("model", "model"), ("vae", "cvae"))
+@dataclass(frozen=True)
+class VAEConfig:
+    """The Gaussian latent of the VAE (Kingma & Welling 2013)."""
+
+    latent_dim: int = _f(2, "dimension of the latent z (2 gives the manifold figure)")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "latent_dim")
+
+
+@register_section("elbo", ("objective", "objective"), "elbo")
+@dataclass(frozen=True)
+class ELBOConfig:
+    """The ELBO with L reparameterised samples per example (Kingma & Welling, eq. 10)."""
+
+    samples: int = _f(1, "Monte-Carlo samples L of z per example in the training objective")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "samples")
+
+
+@register_section("iwae", ("objective", "objective"), "iwae")
+@dataclass(frozen=True)
+class IWAEConfig:
+    """The k-sample importance-weighted bound (Burda et al. 2015, https://arxiv.org/abs/1509.00519)."""
+
+    k: int = _f(50, "importance samples per example in the IWAE bound")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "k")
+
+
+@register_section("vamp", ("model", "prior"), "vamp")
+@dataclass(frozen=True)
+class VampConfig:
+    """VampPrior: a mixture of the posteriors of learned pseudo-inputs (Tomczak & Welling 2018)."""
+
+    pseudo_inputs: int = _f(500, "number K of learned pseudo-inputs (mixture components)")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "pseudo_inputs")
+
+
+@register_section("hvae", ("model", "model"), "hvae")
+@dataclass(frozen=True)
+class HVAEConfig:
+    """Two stochastic layers (Burda et al. 2015): x -> z1 -> z2, with p(z1|z2) p(z2)."""
+
+    latent_dims: tuple[int, ...] = _f((100, 50), "sizes of z1 and z2")
+    hidden_top: tuple[int, ...] = _f((100, 100), "hidden widths between z1 and z2 (both ways)")
+
+    def __post_init__(self) -> None:
+        if len(self.latent_dims) != 2 or any(d < 1 for d in self.latent_dims):
+            raise ConfigError(
+                f"--latent-dims must be two sizes >= 1 (z1,z2), got {self.latent_dims}"
+            )
+        if any(h < 1 for h in self.hidden_top):
+            raise ConfigError(f"--hidden-top sizes must be >= 1, got {self.hidden_top}")
+
+
+# --- the run config -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The three configs of a run, as stored in ``RUN/config.json``."""
+    """A run's configuration, as stored in ``RUN/config.json``.
+
+    Core sections are attributes (``config.train.lr``); variant sections in use are
+    reachable by name too (``config.vae.latent_dim``, ``config.iwae.k``).
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    variants: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        core = {name: getattr(self, name) for name in CORE}
+        given = dict(self.variants)
+        unknown = set(given) - set(VARIANTS)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {_sections()}")
+        out: dict[str, Any] = {}
+        for name, spec in VARIANTS.items():
+            if spec.active(core):
+                out[name] = given.get(name, spec.cls())
+            elif name in given and given[name] != spec.cls():
+                changed = [
+                    f.name for f in fields(spec.cls) if getattr(given[name], f.name) != f.default
+                ]
+                verb = "applies" if len(changed) == 1 else "apply"
+                raise ConfigError(
+                    f"{', '.join(_flag(n) for n in changed)} {verb} only with {spec.when()}"
+                )
+        object.__setattr__(self, "variants", types.MappingProxyType(out))
+
+    def __getattr__(self, name: str) -> Any:
+        variants = self.__dict__.get("variants", {})
+        if name in variants:
+            return variants[name]
+        if name in VARIANTS:
+            raise ConfigError(
+                f"section {name!r} is not in use; it applies with {VARIANTS[name].when()}"
+            )
+        raise AttributeError(name)
+
+    def sections(self) -> dict[str, Any]:
+        """Every section in use, core first: ``{name: dataclass}``."""
+        return {**{name: getattr(self, name) for name in CORE}, **self.variants}
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return {name: dataclasses.asdict(s) for name, s in self.sections().items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build from a (possibly partial, possibly aevb 0.1) JSON object; unknown keys fail."""
         if not isinstance(d, dict):
-            raise ConfigError("a config must be a JSON object with sections model, data, train")
-        unknown = set(d) - set(SECTIONS) - {"aevb_version"}
-        if unknown:
             raise ConfigError(
-                f"unknown config section(s) {sorted(unknown)}; valid: {sorted(SECTIONS)}"
+                "a config must be a JSON object with sections model, data, train, ..."
             )
-        parts = {name: from_dict(SECTIONS[name], d.get(name, {})) for name in SECTIONS}
-        return cls(**parts)
+        d = migrate(d)
+        unknown = set(d) - set(CORE) - set(VARIANTS) - {"aevb_version", "config_version"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {_sections()}")
+        core = {name: from_dict(CORE[name], d.get(name, {})) for name in CORE}
+        variants = {name: from_dict(VARIANTS[name].cls, d[name]) for name in VARIANTS if name in d}
+        return cls(**core, variants=variants)
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -141,32 +424,116 @@ class RunConfig:
             raise ConfigError(f"config is not valid JSON: {e}") from None
 
     def replace(self, **overrides: Any) -> RunConfig:
-        """A copy with flat field overrides (``latent_dim=8``) routed to their section."""
-        grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        """A copy with flat field overrides (``latent_dim=8``, ``iwae.k=10``) routed to their section.
+
+        Setting ``schedule`` to a preset (``burda``) also sets the preset's batch size,
+        epochs and Adam settings, except those given in the same call.
+        """
+        overrides = dict(overrides)
+        if "schedule" in overrides or "train.schedule" in overrides:
+            name = overrides.get("schedule", overrides.get("train.schedule"))
+            for key, value in SCHEDULE_PRESETS.get(str(name), {}).items():
+                if key not in overrides and f"train.{key}" not in overrides:
+                    overrides[key] = value
+        grouped: dict[str, dict[str, Any]] = {}
         for key, value in overrides.items():
-            section = field_section(key)
-            grouped[section][key] = coerce(SECTIONS[section], key, value)
-        return RunConfig(
-            **{name: dataclasses.replace(getattr(self, name), **grouped[name]) for name in SECTIONS}
-        )
+            section, name = resolve_field(key)
+            cls = CORE.get(section) or VARIANTS[section].cls
+            grouped.setdefault(section, {})[name] = coerce(cls, name, value)
+        core = {name: _replace(getattr(self, name), grouped.get(name, {})) for name in CORE}
+        variants = dict(self.variants)
+        for name, spec in VARIANTS.items():
+            if name in grouped:
+                variants[name] = _replace(variants.get(name, spec.cls()), grouped[name])
+        return RunConfig(**core, variants=variants)
 
 
+def _replace(obj: Any, changes: dict[str, Any]) -> Any:
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _sections() -> list[str]:
+    return [*CORE, *VARIANTS]
+
+
+# Presets named by --schedule: the settings that come with the schedule in its paper.
+SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
+    # Burda et al. (2015), section 5: batch 20, Adam(beta1 0.9, beta2 0.999, eps 1e-4),
+    # 3^i epochs at 1e-3 * 10^(-i/7) for i = 0..7: 3,280 epochs in all.
+    "burda": {"batch_size": 20, "adam_eps": 1e-4, "epochs": 3280, "lr": 1e-3},
+}
+
+
+def migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """Read a config written by aevb 0.1 (one flat model section) into today's layout.
+
+    0.1 kept ``latent_dim`` and the objective's ``beta``, ``samples`` and ``objective`` in
+    the model section; they now live in the ``vae``, ``objective`` and ``elbo`` sections.
+    """
+    model = d.get("model")
+    if not isinstance(model, dict):
+        return d
+    moves = {"latent_dim": "vae", "beta": "objective", "objective": "objective", "samples": "elbo"}
+    if not any(k in model for k in moves):
+        return d
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    model = d["model"]
+    for key, section in moves.items():
+        if key in model:
+            d.setdefault(section, {})
+            if isinstance(d[section], dict):
+                d[section].setdefault(key, model.pop(key))
+    return d
+
+
+# --- fields and flags -----------------------------------------------------------------------
 def all_fields() -> dict[str, tuple[str, dataclasses.Field]]:
-    """Map every field name to (section, Field), in declaration order."""
-    out: dict[str, tuple[str, dataclasses.Field]] = {}
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            assert f.name not in out, f"field {f.name} declared twice"
-            out[f.name] = (section, f)
-    return out
+    """Every field, by its qualified name ``section.field``: ``{qualified: (section, Field)}``."""
+    if "all" not in _FIELD_CACHE:
+        out: dict[str, tuple[str, dataclasses.Field]] = {}
+        for section, cls in [*CORE.items(), *((n, s.cls) for n, s in VARIANTS.items())]:
+            for f in fields(cls):
+                out[f"{section}.{f.name}"] = (section, f)
+        _FIELD_CACHE["all"] = out
+    return _FIELD_CACHE["all"]
 
 
-def field_section(name: str) -> str:
-    table = all_fields()
-    if name not in table:
-        valid = ", ".join("--" + k.replace("_", "-") for k in table)
-        raise ConfigError(f"unknown option --{name.replace('_', '-')}; valid options: {valid}")
-    return table[name][0]
+def short_names() -> dict[str, str]:
+    """``{field: qualified}`` for field names that only one section has (their short flag)."""
+    if "short" not in _FIELD_CACHE:
+        count: dict[str, list[str]] = {}
+        for qualified, (_, f) in all_fields().items():
+            count.setdefault(f.name, []).append(qualified)
+        _FIELD_CACHE["short"] = {n: q[0] for n, q in count.items() if len(q) == 1}
+    return _FIELD_CACHE["short"]
+
+
+def resolve_field(key: str) -> tuple[str, str]:
+    """``latent_dim`` or ``vae.latent_dim`` (or with dashes) -> ``("vae", "latent_dim")``."""
+    key = key.replace("-", "_")
+    if "." not in key:
+        qualified = short_names().get(key)
+        if qualified is None:
+            owners = [q for q, (_, f) in all_fields().items() if f.name == key]
+            if owners:
+                raise ConfigError(
+                    f"{_flag(key)} is ambiguous; say which: {', '.join(_flag(o) for o in owners)}"
+                )
+            raise ConfigError(f"unknown option {_flag(key)}; valid options: {valid_flags()}")
+        key = qualified
+    if key not in all_fields():
+        raise ConfigError(f"unknown option {_flag(key)}; valid options: {valid_flags()}")
+    section, name = key.split(".", 1)
+    return section, name
+
+
+def valid_flags() -> str:
+    """The config flags, comma-separated (short forms where they exist)."""
+    short = short_names()
+    flags = []
+    for qualified, (_, f) in all_fields().items():
+        flags.append(_flag(f.name) if short.get(f.name) == qualified else _flag(qualified))
+    return ", ".join(flags)
 
 
 def _resolved_type(cls: type, name: str) -> Any:
@@ -181,10 +548,10 @@ def coerce(cls: type, name: str, value: Any) -> Any:
     """
     tp = _resolved_type(cls, name)
     f = next(f for f in fields(cls) if f.name == name)
-    flag = "--" + name.replace("_", "-")
+    flag = _flag(name)
     try:
         out = _coerce_type(tp, value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{flag} expects {_type_name(tp)}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
@@ -224,11 +591,15 @@ def _coerce_type(tp: Any, value: Any) -> Any:
             if not value.is_integer():
                 raise ValueError
             return int(value)
+        if isinstance(value, str) and value.strip().lower() in ("inf", "-inf", "nan"):
+            raise ValueError
         return int(value)
     if tp is float:
         if isinstance(value, bool):
             raise TypeError
-        return float(value)
+        if isinstance(value, (int, float, str)):
+            return float(value)
+        raise TypeError
     if tp is str:
         if not isinstance(value, str):
             raise TypeError
@@ -255,7 +626,29 @@ def from_dict(cls: type, d: dict[str, Any]) -> Any:
     names = [f.name for f in fields(cls)]
     unknown = set(d) - set(names)
     if unknown:
+        hints = [_did_you_mean(k) for k in sorted(unknown)]
+        hint = "".join(f"; {h}" for h in hints if h)
         raise ConfigError(
-            f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid fields: {names}"
+            f"unknown {cls.__name__} field(s) {sorted(unknown)}{hint}; valid fields: {names}"
         )
     return cls(**{k: coerce(cls, k, v) for k, v in d.items()})
+
+
+def flag(qualified: str) -> str:
+    """The flag a user types for ``section.field``: the short form where it is unique."""
+    section, name = qualified.split(".", 1)
+    return _flag(name) if short_names().get(name) == qualified else _flag(qualified)
+
+
+def _did_you_mean(key: str) -> str:
+    """``did you mean vae.latent_dim (--latent-dim)?`` for a near miss, else ''."""
+    import difflib
+
+    table = {q: (s, f.name) for q, (s, f) in all_fields().items()}
+    names = [name for _, name in table.values()]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    close = close or [n for n in names if n.startswith(key) or key.startswith(n)][:1]
+    if not close:
+        return ""
+    qualified = next(q for q, (_, name) in table.items() if name == close[0])
+    return f"did you mean {qualified} ({flag(qualified)})?"

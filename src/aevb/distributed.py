@@ -238,6 +238,34 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor that is True on every rank if it is True on any (no host sync)."""
+    if not _active():
+        return flag
+    t = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.reshape(()).bool()
+
+
+def any_rank_flag(flag: bool) -> bool:
+    """A Python bool agreed by all ranks: True if any rank's is."""
+    if not _active():
+        return flag
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
+    return bool(any_rank(torch.tensor(flag, device=device)))
+
+
+def global_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 0 of ``values`` ``[B, ...]`` across the whole global batch (all ranks)."""
+    if not _active():
+        return values.mean(0)
+    total = torch.cat([values.sum(0).reshape(-1), values.new_tensor([values.shape[0]])])
+    dist.all_reduce(total)
+    return (total[:-1] / total[-1]).view(values.shape[1:])
+
+
 def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` on rank 0 only; every rank waits for it and gets its result or its error.
 

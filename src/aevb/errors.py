@@ -24,3 +24,9 @@ class CheckpointError(AevbError):
 
 class DistributedError(AevbError):
     """A distributed run that cannot start or lost one of its processes."""
+
+
+class TrainingInterrupted(AevbError):
+    """Training stopped on Ctrl-C or SIGTERM; the message says what was saved (exit 130)."""
+
+    exit_code = 130

@@ -3,7 +3,9 @@
 * Importance-weighted estimate (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted
   Autoencoders", https://arxiv.org/abs/1509.00519, eq. 8):
   ``log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K``,
-  ``z_k ~ q(z|x)``. A lower bound in expectation that rises to log p(x) as K grows.
+  ``z_k ~ q(z|x)``. A lower bound in expectation that rises to log p(x) as K grows. The
+  weights come from :func:`aevb.objectives.importance_terms`, the function the IWAE
+  objective trains with.
 * Naive estimate ``log (1/n) sum_i p(x|z_i)``, ``z_i ~ p(z)``: no encoder, unbiased for
   p(x) but, in high-dimensional latent spaces, so dominated by rare samples that its log
   is far below log p(x) for any practical n. Shown beside the IW estimate to see why
@@ -11,10 +13,12 @@
 * Active units (Burda et al., section 5.2): latent j is active when
   ``Cov_x(E_q[z_j | x]) > 0.01``.
 
-Everything is batched over examples and chunked over samples: at most ``chunk_size``
+Everything is written against the model interface (:mod:`aevb.models.base`), so it holds
+for every model. Batched over examples and chunked over samples: at most ``chunk_size``
 (example, sample) pairs go through the decoder at once, so memory is bounded whatever K.
-The noise for sample k of a batch is seeded by (seed, batch, k), so results do not depend
-on the chunk size. Per-example tensors are ``[B]`` in nats.
+The noise of sample k of a batch depends only on (seed, k), so results do not depend on
+the chunk size. A deterministic posterior (a point mass) needs one sample, whatever K.
+Per-example tensors are ``[B]`` in nats.
 """
 
 from __future__ import annotations
@@ -22,25 +26,30 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .distributions import gaussian_kl_per_dim
+from .latents import NoiseSpec
+from .models.base import LatentVariableModel
+from .objectives import importance_terms
 
 
 def sample_noise(
+    noise: NoiseSpec,
     seed: int,
     k0: int,
     k1: int,
-    shape: tuple[int, ...],
+    batch: int,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Standard-normal noise ``[k1 - k0, *shape]`` where slice k depends only on (seed, k)."""
+    """Base noise ``[k1 - k0, batch, *noise.shape]`` where slice k depends only on (seed, k)."""
     g = torch.Generator(device=device)
-    out = torch.empty((k1 - k0, *shape), device=device, dtype=dtype)
+    out = torch.empty((k1 - k0, batch, *noise.shape), device=device, dtype=dtype)
+    if noise.deterministic:
+        return out
     for k in range(k0, k1):
         g.manual_seed(seed * 1_000_003 + k)
-        out[k - k0].normal_(generator=g)
+        noise.fill_(out[k - k0], g)
     return out
 
 
@@ -51,82 +60,109 @@ def chunk_samples(k: int, batch: int, chunk_size: int) -> int:
 
 @torch.inference_mode()
 def importance_weighted(
-    model: nn.Module, x: Tensor, k: int, chunk_size: int = 2048, seed: int = 0
+    model: LatentVariableModel,
+    x: Tensor,
+    k: int,
+    chunk_size: int = 2048,
+    seed: int = 0,
+    y: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """IW estimate of log p(x) and, from the same samples, the ELBO's two terms.
 
     Args:
-        model: exposes ``encode``, ``log_likelihood``, ``log_prior``, ``log_posterior``, ``kl``.
-        x: ``[B, *event]`` a batch of data.
+        model: any aevb model.
+        x: ``[B, *event]`` a batch of data (``y`` its context for a conditional model).
         k: number of importance samples K per example.
         chunk_size: most (example, sample) pairs decoded at once (bounds memory).
         seed: seeds the noise; sample k's noise depends only on (seed, k).
 
     Returns:
-        Per-example ``[B]`` tensors in nats: ``log_px_iw``; ``distortion`` (-mean_k log p(x|z_k),
-        the reconstruction NLL); ``rate`` (closed-form KL(q || p)); ``neg_elbo``
-        (distortion + rate); ``gap`` (log_px_iw + neg_elbo, an estimate of KL(q(z|x) || p(z|x)));
-        and ``kl_per_dim`` ``[B, D]``, ``mu`` ``[B, D]``.
+        Per-example tensors in nats: ``log_px_iw`` ``[B]``; ``distortion``
+        (-mean_k log p(x|z_k)); ``rate`` (the closed-form KL(q || p) when the model has one,
+        else the Monte-Carlo mean of log q - log p); ``neg_elbo`` (distortion + rate);
+        ``gap`` (log_px_iw + neg_elbo, an estimate of KL(q(z|x) || p(z|x))); ``rate_groups``
+        ``[B, G]``; ``kl_per_dim`` ``[B, D]`` where the KL factorises; ``summary``
+        ``[B, m]`` (the posterior summary, for active units).
     """
     if k < 1:
         raise ValueError("k must be >= 1")
-    mu, logvar = model.encode(x)
-    std = torch.exp(0.5 * logvar)
+    q, p = model.posterior(x, y), model.prior(y)
+    noise = q.noise
     b = x.shape[0]
-    c = chunk_samples(k, b, chunk_size)
-    lse = torch.full((b,), -math.inf, device=x.device, dtype=mu.dtype)
-    sum_log_px_z = torch.zeros(b, device=x.device, dtype=mu.dtype)
-    for k0 in range(0, k, c):
-        k1 = min(k, k0 + c)
-        z = mu + std * sample_noise(seed, k0, k1, tuple(mu.shape), x.device, mu.dtype)  # [c, B, D]
-        log_px_z = model.log_likelihood(x, z)  # [c, B]
-        log_w = log_px_z + model.log_prior(z) - model.log_posterior(z, mu, logvar)
-        lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-        sum_log_px_z += log_px_z.sum(dim=0)
-    log_px_iw = lse - math.log(k)
-    distortion = -sum_log_px_z / k
-    rate = model.kl(mu, logvar)
+    k_eff = 1 if noise.deterministic else k  # all samples of a point mass are one
+    c = chunk_samples(k_eff, b, chunk_size)
+    dtype = q.summary().dtype if q.summary().is_floating_point() else torch.float32
+    lse = torch.full((b,), -math.inf, device=x.device, dtype=dtype)
+    sum_log_px_z = torch.zeros(b, device=x.device, dtype=dtype)
+    sum_rate = None
+    kl = model.kl(q, p)
+    for k0 in range(0, k_eff, c):
+        k1 = min(k_eff, k0 + c)
+        eps = sample_noise(noise, seed, k0, k1, b, x.device, dtype)
+        t = importance_terms(model, x, q, p, eps, y)
+        lse = torch.logaddexp(lse, torch.logsumexp(t.log_w, dim=0))
+        sum_log_px_z += t.log_px_z.sum(0)
+        if kl is None:
+            r = (t.log_qz - t.log_pz).sum(0)  # [B, G]
+            sum_rate = r if sum_rate is None else sum_rate + r
+    log_px_iw = lse - math.log(k_eff)
+    distortion = -sum_log_px_z / k_eff
+    rate_groups = kl.groups if kl is not None else sum_rate / k_eff
+    rate = rate_groups.sum(-1)
     neg_elbo = distortion + rate
-    return {
+    out = {
         "log_px_iw": log_px_iw,
         "distortion": distortion,
         "rate": rate,
         "neg_elbo": neg_elbo,
         "gap": log_px_iw + neg_elbo,
-        "kl_per_dim": gaussian_kl_per_dim(mu, logvar),
-        "mu": mu,
+        "rate_groups": rate_groups,
+        "summary": q.summary().to(dtype),
     }
+    if kl is not None and kl.per_dim is not None:
+        out["kl_per_dim"] = kl.per_dim
+    return out
 
 
 @torch.inference_mode()
 def naive_prior(
-    model: nn.Module, x: Tensor, n: int, chunk_size: int = 2048, seed: int = 0
+    model: LatentVariableModel,
+    x: Tensor,
+    n: int,
+    chunk_size: int = 2048,
+    seed: int = 0,
+    y: Tensor | None = None,
 ) -> Tensor:
     """Naive Monte-Carlo ``log (1/n) sum_i p(x|z_i)``, ``z_i ~ p(z)``: ``[B, *event]`` -> ``[B]``.
 
     The same prior samples are shared by all examples of the batch (they do not depend
-    on x). Unbiased for p(x), biased low for log p(x); hopeless in high dimensions.
+    on x); sample i depends only on (seed, i). Unbiased for p(x), biased low for log p(x);
+    hopeless in high dimensions.
     """
     b = x.shape[0]
     c = chunk_samples(n, b, chunk_size)
+    prior = model.prior(y)
     dtype = next(model.parameters()).dtype
     lse = torch.full((b,), -math.inf, device=x.device, dtype=dtype)
-    dim = model.config.latent_dim
+    g = torch.Generator(device=x.device)
     for k0 in range(0, n, c):
         k1 = min(n, k0 + c)
-        # Decode each prior sample once ([c, 1, D]) and score it against all B examples.
-        z = sample_noise(seed, k0, k1, (1, dim), x.device, dtype)
-        lse = torch.logaddexp(lse, torch.logsumexp(model.log_likelihood(x, z), dim=0))
+        zs = []
+        for i in range(k0, k1):
+            g.manual_seed(seed * 1_000_003 + i)
+            zs.append(prior.sample(1, 1.0, generator=g))
+        z = torch.stack(zs)  # [c, 1, *z]: decoded once, scored against all B examples
+        lse = torch.logaddexp(lse, torch.logsumexp(model.log_likelihood(x, z, y), dim=0))
     return lse - math.log(n)
 
 
 def active_units(
     mu_sum: Tensor, mu_sq_sum: Tensor, n: int, threshold: float = 0.01
 ) -> tuple[int, Tensor]:
-    """Count latents with ``Cov_x(E_q[z_j|x]) > threshold`` from per-dimension sums of mu.
+    """Count latents with ``Cov_x(E_q[z_j|x]) > threshold`` from per-dimension sums of E_q[z].
 
     Args:
-        mu_sum, mu_sq_sum: ``[D]`` sums over n examples of mu_j and mu_j^2 (float64).
+        mu_sum, mu_sq_sum: ``[D]`` sums over n examples of E_q[z_j] and its square (float64).
 
     Returns:
         ``(count, [D] variances)``.

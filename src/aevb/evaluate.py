@@ -1,100 +1,25 @@
 """Exact evaluation of a whole split: every example exactly once, one reduction at the end.
 
-Per-example quantities are accumulated as sums and sums of squares (float64), so each
-reported mean comes with its standard error ``sqrt(var / n)``. Sampling noise is drawn
-from a forked RNG seeded by ``seed``: evaluation is reproducible and never perturbs the
-training RNG stream.
+:func:`evaluate` is the honest likelihood (importance-sampled log p(x), the ELBO and its
+gap, rate and distortion, active units, bits/dim); :func:`evaluate_objective` scores a
+training objective on a split (validation during training). Both use only the model
+interface, so they hold for every model. Per-example quantities are accumulated as sums
+and sums of squares (float64, :mod:`aevb.accumulate`), so each mean comes with its
+standard error. Noise is seeded per batch (seed, batch index): evaluation is
+reproducible, equal across world sizes, and never perturbs the training RNG stream.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .accumulate import MeanAccumulator, all_reduce_
 from .data.base import Dataset
-
-
-class MeanAccumulator:
-    """Running sums (on the device) of per-example values; no host sync until ``result``.
-
-    Values are ``[B]`` (a scalar per example) or ``[B, D]`` (a vector per example, e.g. the
-    per-dimension KL). Scalars given together are stacked into one ``[K, B]`` tensor, so
-    a training step costs a handful of kernels whatever K. Sums are float64.
-    """
-
-    def __init__(self) -> None:
-        # key tuple -> [sum [K, ...], sum of squares [K, ...]]
-        self._groups: dict[tuple[str, ...], list[Tensor]] = {}
-        self.n = 0
-
-    def add(self, **values: Tensor) -> None:
-        """Add per-example tensors ``[B, ...]`` (all with the same B)."""
-        if not values:
-            return
-        scalars = [k for k, v in values.items() if v.dim() == 1]
-        if scalars:
-            stacked = torch.stack([values[k].detach() for k in scalars]).to(torch.float64)
-            self._accumulate(tuple(scalars), stacked.sum(1), stacked.pow(2).sum(1))
-        for k, v in values.items():
-            if v.dim() > 1:
-                v = v.detach().to(torch.float64)
-                self._accumulate((k,), v.sum(0)[None], v.pow(2).sum(0)[None])
-        self.n += next(iter(values.values())).shape[0]
-
-    def declare(
-        self, keys: tuple[str, ...], device: torch.device | str, shape: tuple[int, ...] = ()
-    ) -> MeanAccumulator:
-        """Start a group at zero, as ``add`` would make it, so that every rank of a
-        distributed reduction holds the same tensors, even a rank that adds nothing."""
-        if len(keys) > 1 and shape:
-            raise ValueError("vector-valued keys are declared one at a time")
-        zeros = torch.zeros((len(keys), *shape), dtype=torch.float64, device=device)
-        self._accumulate(keys, zeros, zeros.clone())
-        return self
-
-    def _accumulate(self, keys: tuple[str, ...], s: Tensor, sq: Tensor) -> None:
-        group = self._groups.get(keys)
-        if group is None:
-            clash = set(keys) & set(self.sums)
-            if clash:
-                raise ValueError(f"keys {sorted(clash)} were accumulated with other keys before")
-            self._groups[keys] = [s, sq]
-        else:
-            group[0] += s
-            group[1] += sq
-
-    @property
-    def sums(self) -> dict[str, Tensor]:
-        return {k: g[0][i] for keys, g in self._groups.items() for i, k in enumerate(keys)}
-
-    @property
-    def sq_sums(self) -> dict[str, Tensor]:
-        return {k: g[1][i] for keys, g in self._groups.items() for i, k in enumerate(keys)}
-
-    def tensors(self) -> list[Tensor]:
-        """The accumulator's state tensors (for an in-place all-reduce)."""
-        return [t for g in self._groups.values() for t in g]
-
-    def mean(self, key: str) -> Tensor:
-        return self.sums[key] / self.n
-
-    def result(self) -> dict[str, float | list[float]]:
-        """``{key: mean, key_se: standard error of the mean over examples}``."""
-        out: dict[str, float | list[float]] = {}
-        sq_sums = self.sq_sums
-        for k, total in self.sums.items():
-            n = self.n
-            mean = total / n
-            var = (sq_sums[k] / n - mean.pow(2)).clamp_min(0) * n / max(n - 1, 1)
-            se = (var / n).sqrt()
-            out[k] = mean.item() if mean.dim() == 0 else mean.tolist()
-            out[f"{k}_se"] = se.item() if se.dim() == 0 else se.tolist()
-        return out
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -106,45 +31,67 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return seed * 1_000_003 + batch_index
 
 
-def all_reduce_(acc: MeanAccumulator) -> MeanAccumulator:
-    """Sum an accumulator over the ranks of an initialised process group (no-op otherwise)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return acc
-    tensors = acc.tensors()
-    device = tensors[0].device if tensors else torch.device("cpu")
-    count = torch.tensor([float(acc.n)], dtype=torch.float64, device=device)
-    flat = torch.cat([t.reshape(-1) for t in tensors] + [count])
-    dist.all_reduce(flat)
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
-    acc.n = int(round(float(flat[-1])))
-    return acc
-
-
 @torch.no_grad()
-def elbo_sums(
-    model: nn.Module, batches: Iterable[tuple[int, Tensor]], seed: int = 0
+def objective_sums(
+    model: nn.Module,
+    objective,
+    dataset: Dataset,
+    split: str,
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> MeanAccumulator:
-    """Accumulate neg-ELBO, recon NLL and KL over indexed batches (per example, in nats).
-
-    Each batch's noise is seeded by (seed, batch index), on a forked RNG.
-    """
+    """Accumulate an objective's per-example terms (train=False: beta 1, exact samples) over
+    this rank's batches of a split; batch b's noise is drawn from seed (seed, b) on a
+    forked RNG."""
     device = device_of(model)
-    acc = MeanAccumulator().declare(("neg_elbo", "recon_nll", "kl", "loss"), device)
     was_training = model.training
     model.eval()
+    noise = model.latent.noise
     devices = [device] if device.type == "cuda" else []
+
+    def terms(x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True) if y is not None else None
+        eps = noise.draw(objective.num_samples, len(x), device)
+        return objective(model, x, y, eps, {"beta": 1.0}, train=False).per_example()
+
     with torch.random.fork_rng(devices=devices):
-        for b, x in batches:
+        # Every rank declares the same sums, even one without a batch (sharded splits).
+        acc = MeanAccumulator().declare_like(
+            terms(dataset.head(split, 1), dataset.head_labels(split, 1)), device
+        )
+        for b, x, y in dataset.indexed_eval_batches(split, batch_size, rank, world_size):
             torch.manual_seed(batch_seed(seed, b))
-            out = model(x.to(device, non_blocking=True))
-            acc.add(neg_elbo=out.neg_elbo, recon_nll=out.recon_nll, kl=out.kl, loss=out.loss)
+            acc.add(**terms(x, y))
     model.train(was_training)
     return acc
+
+
+def evaluate_objective(
+    model: nn.Module,
+    objective,
+    dataset: Dataset,
+    split: str = "valid",
+    batch_size: int = 1000,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """An objective's terms (nats per example, with standard errors) on a whole split.
+
+    Under torch.distributed each rank scores its shard and the sums are all-reduced; the
+    result equals one process's (same per-batch noise) up to summation order.
+
+    Returns:
+        ``{"neg_elbo", "neg_elbo_se", "recon_nll", ..., "n_examples"}``.
+    """
+    sums = objective_sums(model, objective, dataset, split, batch_size, seed, rank, world_size)
+    acc = all_reduce_(sums)
+    res = acc.result()
+    res["n_examples"] = acc.n
+    return res
 
 
 def evaluate_elbo(
@@ -153,23 +100,16 @@ def evaluate_elbo(
     split: str = "test",
     batch_size: int = 1000,
     seed: int = 0,
+    samples: int = 1,
     rank: int = 0,
     world_size: int = 1,
-) -> dict[str, float]:
-    """neg-ELBO, recon NLL and KL (nats per example, with standard errors) on a whole split.
+) -> dict[str, Any]:
+    """neg-ELBO, recon NLL and KL with L = ``samples`` (nats per example, with standard errors)."""
+    from .objectives import ELBO
 
-    Uses the model's own L (``config.samples``) Monte-Carlo samples per example. Under
-    torch.distributed each rank evaluates its shard and the sums are all-reduced; the
-    result equals one process's (same per-batch noise) up to summation order.
-
-    Returns:
-        ``{"neg_elbo", "neg_elbo_se", "recon_nll", ..., "n_examples"}``.
-    """
-    batches = dataset.indexed_eval_batches(split, batch_size, rank, world_size)
-    acc = all_reduce_(elbo_sums(model, batches, seed))
-    res = acc.result()
-    res["n_examples"] = acc.n
-    return res
+    return evaluate_objective(
+        model, ELBO(samples), dataset, split, batch_size, seed, rank, world_size
+    )
 
 
 def evaluate(
@@ -192,8 +132,8 @@ def evaluate(
     torch.distributed each rank scores its shard and the sums are all-reduced.
 
     Args:
-        model: a trained model (see :mod:`aevb.estimators` for the methods it needs), or
-            a run directory (the model and its dataset are loaded from it).
+        model: a trained model (any model of :mod:`aevb.models`), or a run directory (the
+            model and its dataset are loaded from it).
         dataset: the data (default: the run's dataset); ``split`` names the part to score.
         k: importance samples per example (K = 5000 for published numbers).
         chunk_size: most (example, sample) pairs decoded at once; memory is bounded by it
@@ -207,7 +147,9 @@ def evaluate(
         A JSON-able dict with (means over examples, each with a ``_se`` standard error)
         ``log_px_iw``, ``neg_elbo``, ``rate`` (KL), ``distortion`` (reconstruction NLL),
         ``gap`` (log p(x) - ELBO), ``bits_per_dim``, optional ``log_px_naive``; and
-        ``kl_per_dim``, ``active_units``, ``au_variance``, ``k``, ``n_examples``,
+        ``kl_per_dim`` (where the KL factorises), ``rate_per_group``, ``active_units`` and
+        ``au_variance`` (continuous latents; ``active_units_per_group`` for several
+        groups), ``k``, ``n_examples``,
         ``num_dims``, ``split``, ``seconds``, ``examples_x_k_per_s``. Also ``recon_nll`` and
         ``kl``, the same numbers as ``distortion`` and ``rate`` under their training names.
     """
@@ -218,27 +160,39 @@ def evaluate(
     from .estimators import active_units, bits_per_dim, importance_weighted, naive_prior
 
     model, dataset = _model_and_data(model, dataset)
-    model.likelihood.check_data(dataset.tensor(split))
+    for x, _ in dataset.eval_batches(split, batch_size):
+        model.likelihood.check_data(x)
     device = device_of(model)
     if chunk_size is None:
         chunk_size = default_chunk_size(device)
     num_dims = math.prod(dataset.info.shape)
+    latent = model.latent
     scalar_keys = ("log_px_iw", "neg_elbo", "rate", "distortion", "gap", "bits_per_dim")
     scalar_keys += ("log_px_naive",) if naive > 0 else ()
-    latent = model.config.latent_dim
     acc = MeanAccumulator().declare(scalar_keys, device)
-    acc.declare(("kl_per_dim",), device, (latent,)).declare(("mu",), device, (latent,))
+    acc.declare(("summary",), device, (latent.summary_dim,))
+    acc.declare(("rate_groups",), device, (len(latent.groups),))
+    per_dim = _kl_per_dim_size(model, dataset, split)  # declared up front: ranks must agree
+    if per_dim:
+        acc.declare(("kl_per_dim",), device, (per_dim,))
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
     batches = list(dataset.indexed_eval_batches(split, batch_size, rank, world_size))
-    for b, x in tqdm(batches, desc=f"evaluate {split} (K={k})", disable=not progress, leave=False):
+    desc = f"evaluate {split} (K={k})"
+    for b, x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
         x = x.to(device, non_blocking=True)
-        r = importance_weighted(model, x, k, chunk_size, seed=batch_seed(seed, b))
+        y = y.to(device, non_blocking=True) if y is not None else None
+        r = importance_weighted(model, x, k, chunk_size, seed=batch_seed(seed, b), y=y)
         r["bits_per_dim"] = bits_per_dim(r["log_px_iw"], num_dims)
         if naive > 0:
-            r["log_px_naive"] = naive_prior(model, x, naive, chunk_size, seed=batch_seed(seed, b))
-        acc.add(**{k: r[k] for k in scalar_keys}, kl_per_dim=r["kl_per_dim"], mu=r["mu"])
+            r["log_px_naive"] = naive_prior(
+                model, x, naive, chunk_size, seed=batch_seed(seed, b), y=y
+            )
+        vectors = {"summary": r["summary"], "rate_groups": r["rate_groups"]}
+        if per_dim:
+            vectors["kl_per_dim"] = r["kl_per_dim"]
+        acc.add(**{key: r[key] for key in scalar_keys}, **vectors)
     acc = all_reduce_(acc)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -246,16 +200,26 @@ def evaluate(
     model.train(was_training)
 
     res: dict[str, Any] = acc.result()
-    au, au_var = active_units(acc.sums["mu"], acc.sq_sums["mu"], acc.n)
-    for key in ("mu", "mu_se", "kl_per_dim_se"):
+    for key in ("summary", "summary_se", "kl_per_dim_se", "rate_groups", "rate_groups_se"):
         res.pop(key, None)
+    res["rate_per_group"] = dict(
+        zip((g.name for g in latent.groups), acc.mean("rate_groups").tolist(), strict=True)
+    )
+    if latent.kind == "continuous":  # Burda et al.'s active units: Cov_x E_q[z_j] > 0.01
+        au, au_var = active_units(acc.sums["summary"], acc.sq_sums["summary"], acc.n)
+        res.update(active_units=au, au_variance=au_var.tolist())
+        if len(latent.groups) > 1:
+            res["active_units_per_group"] = {
+                g.name: int((au_var[sl] > 0.01).sum())
+                for g, sl in zip(latent.groups, latent.group_slices().values(), strict=True)
+            }
+    else:
+        res.update(active_units=None, au_variance=None)
     res.update(
         recon_nll=res["distortion"],
         recon_nll_se=res["distortion_se"],
         kl=res["rate"],
         kl_se=res["rate_se"],
-        active_units=au,
-        au_variance=au_var.tolist(),
         k=k,
         naive_samples=naive,
         chunk_size=chunk_size,
@@ -266,6 +230,16 @@ def evaluate(
         examples_x_k_per_s=acc.n * k / seconds if seconds > 0 else float("nan"),
     )
     return res
+
+
+@torch.no_grad()
+def _kl_per_dim_size(model: nn.Module, dataset: Dataset, split: str) -> int:
+    """Width of the model's per-dimension KL (0 when its KL has no closed form per dimension)."""
+    x, y = dataset.head(split, 1), dataset.head_labels(split, 1)
+    device = device_of(model)
+    y = y.to(device) if y is not None else None
+    kl = model.kl(model.posterior(x.to(device), y), model.prior(y))
+    return 0 if kl is None or kl.per_dim is None else kl.per_dim.shape[-1]
 
 
 def default_chunk_size(device: torch.device) -> int:
@@ -288,7 +262,7 @@ def _model_and_data(
             dataset = load_dataset(load_config(run).data)
     if dataset is None:
         raise DataError("evaluate() needs a dataset when given a model rather than a run directory")
-    expected = tuple(model.config.input_shape)
+    expected = tuple(model.likelihood.event_shape)
     if tuple(dataset.info.shape) != expected:
         raise DataError(
             f"{dataset.info.name} has examples of shape {tuple(dataset.info.shape)} but the model "
@@ -302,7 +276,7 @@ def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
     rows = [
         ("log p(x), importance-sampled", "log_px_iw"),
         ("log p(x), naive prior sampling", "log_px_naive"),
-        ("negative ELBO", "neg_elbo"),
+        ("neg-ELBO (upper bound on -log p(x))", "neg_elbo"),
         ("gap log p(x) - ELBO", "gap"),
         ("rate: KL(q(z|x) || p(z))", "rate"),
         ("distortion: -E_q log p(x|z)", "distortion"),
@@ -315,20 +289,32 @@ def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
         + (f", {res['naive_samples']} naive prior samples" if res.get("naive_samples") else "")
         + f"; {res['seconds']:.1f} s ({res['examples_x_k_per_s']:.3g} examples x K per second).",
         "",
+        "Nats per example; the sign is in each name (log p(x) is negative, the others positive).",
+        "",
         "| quantity (nats per example) | mean | standard error |",
         "| --- | ---: | ---: |",
     ]
     for label, key in rows:
         if key in res:
             lines.append(f"| {label} | {res[key]:.4f} | {res[key + '_se']:.4f} |")
-    d = len(res["kl_per_dim"])
-    lines += [
-        "",
-        f"Active units (Cov_x E_q[z_j] > 0.01): **{res['active_units']} of {d}**.",
-        "",
-        "| latent j | KL_j (nats) | Cov_x E_q[z_j] |",
-        "| ---: | ---: | ---: |",
-    ]
-    for j, (klj, v) in enumerate(zip(res["kl_per_dim"], res["au_variance"], strict=True)):
-        lines.append(f"| {j} | {klj:.4f} | {v:.4f} |")
+    groups = res.get("rate_per_group") or {}
+    if len(groups) > 1:
+        lines += ["", "| latent group | rate (nats) | active units |", "| --- | ---: | ---: |"]
+        per_group_au = res.get("active_units_per_group") or {}
+        for name, r in groups.items():
+            lines.append(f"| {name} | {r:.4f} | {per_group_au.get(name, 'n/a')} |")
+    variances = res.get("au_variance")
+    if res.get("active_units") is not None and variances is not None:
+        lines += [
+            "",
+            f"Active units (Cov_x E_q[z_j] > 0.01): **{res['active_units']} of {len(variances)}**.",
+        ]
+    per_dim = res.get("kl_per_dim")
+    if per_dim is not None or variances is not None:
+        n = len(per_dim if per_dim is not None else variances)
+        lines += ["", "| latent j | KL_j (nats) | Cov_x E_q[z_j] |", "| ---: | ---: | ---: |"]
+        for j in range(n):
+            klj = f"{per_dim[j]:.4f}" if per_dim is not None else "n/a"
+            v = f"{variances[j]:.4f}" if variances is not None else "n/a"
+            lines.append(f"| {j} | {klj} | {v} |")
     return "\n".join(lines) + "\n"

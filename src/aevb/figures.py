@@ -2,7 +2,10 @@
 
 Image data (C, H, W) is shown as image grids; 2-D data as scatter plots; other vectors
 as heat-map rows. ``draw_run_figures`` writes the set that ``aevb train`` leaves in
-``RUN/figures/``.
+``RUN/figures/``; the CLI commands write the same pictures under the same names
+(:data:`FIGURE_NAMES`). Models are used only through their interface, so every figure
+that makes sense for a model's latent space is drawn for it: the manifold grid only for a
+2-D standard-normal latent, spherical interpolation only for a standard-normal one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,18 @@ from torch import Tensor, nn  # noqa: E402
 
 from . import checkpoint as ckpt  # noqa: E402
 from .data.base import Dataset  # noqa: E402
+from .errors import ConfigError  # noqa: E402
 from .latent import lerp, manifold_grid, slerp  # noqa: E402
+
+# One name per picture, for `aevb train` (RUN/figures/) and the CLI's default outputs alike.
+FIGURE_NAMES = {
+    "samples": "samples.png",
+    "reconstructions": "reconstructions.png",
+    "interpolation": "interpolation.png",
+    "manifold": "manifold.png",
+    "latents": "latents.png",
+    "curves": "curves.png",
+}
 
 
 def is_image(shape: tuple[int, ...]) -> bool:
@@ -30,10 +44,13 @@ def is_image(shape: tuple[int, ...]) -> bool:
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.stem}.png.tmp")
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -125,11 +142,31 @@ def plot_reconstructions(
     return _save(fig, path)
 
 
+def check_walkable(model: nn.Module, spherical: bool) -> None:
+    """Interpolation needs a latent with a vector space; slerp a standard-normal prior."""
+    latent = model.latent
+    if latent.kind == "codes":
+        raise ConfigError(
+            "this model's latents are discrete codes, which have no straight line between "
+            "them; interpolation needs a continuous or categorical latent"
+        )
+    if spherical and not latent.standard_normal:
+        raise ConfigError(
+            "spherical interpolation follows the shell of a standard-normal prior; this "
+            "model's prior is not N(0, I): drop --slerp"
+        )
+
+
+@torch.no_grad()
 def interpolation_latents(model: nn.Module, x: Tensor, steps: int, spherical: bool) -> Tensor:
-    """Paths between posterior means of consecutive pairs of ``x``: ``[pairs, steps, D]``."""
-    mu = model.embed(x)
+    """Paths between the posterior points of consecutive pairs of ``x``: ``[pairs, steps, *z]``."""
+    check_walkable(model, spherical)
+    z = model.posterior(x).point()
+    shape = z.shape[1:]
+    flat = z.reshape(len(z), -1)
     walk = slerp if spherical else lerp
-    return torch.stack([walk(mu[i], mu[i + 1], steps) for i in range(0, len(mu) - 1, 2)])
+    paths = [walk(flat[i], flat[i + 1], steps) for i in range(0, len(flat) - 1, 2)]
+    return torch.stack(paths).reshape(len(paths), steps, *shape)
 
 
 def plot_interpolation(
@@ -142,7 +179,7 @@ def plot_interpolation(
 ) -> Path:
     """Each row decodes a straight (or spherical) path between two examples' latent means."""
     z = interpolation_latents(model, x, steps, spherical)
-    decoded = model.generate(z.reshape(-1, z.shape[-1]))
+    decoded = model.generate(z.flatten(0, 1))
     kind = "spherical" if spherical else "linear"
     fig = _examples_figure(decoded, steps, f"{kind} interpolation in latent space", value_range)
     return _save(fig, path)
@@ -151,7 +188,12 @@ def plot_interpolation(
 def plot_manifold(
     model: nn.Module, path: str | Path, grid: int = 20, value_range: tuple[float, float] = (0, 1)
 ) -> Path:
-    """Decode z = Phi^-1(u) over a uniform grid of u in (0, 1)^2 (2-D latents only)."""
+    """Decode z = Phi^-1(u) over a uniform grid of u in (0, 1)^2 (2-D standard-normal latents)."""
+    if not has_manifold(model):
+        raise ConfigError(
+            "the manifold figure needs a 2-D latent with a N(0, I) prior; this model's latent is "
+            f"{model.latent.kind} of shape {model.latent.shape} (train with --latent-dim 2)"
+        )
     device = next(model.parameters()).device
     z = manifold_grid(grid).to(device)
     decoded = model.generate(z)
@@ -171,14 +213,19 @@ def plot_manifold(
     return _save(fig, path)
 
 
+def has_manifold(model: nn.Module) -> bool:
+    latent = model.latent
+    return latent.kind == "continuous" and latent.shape == (2,) and latent.standard_normal
+
+
 def plot_latents(mu: Tensor, labels: Tensor | None, path: str | Path) -> Path:
-    """Posterior means coloured by label: directly for 2-D latents, else the first two PCs."""
+    """Posterior summaries coloured by label: directly for 2-D latents, else the first two PCs."""
     m = mu.detach().cpu().numpy()
     if m.shape[1] == 2:
-        pts, xl, yl, title = m, "z1", "z2", "posterior means"
+        pts, xl, yl, title = m, "z1", "z2", "posterior summaries (means)"
     elif m.shape[1] == 1:
         pts = np.stack([m[:, 0], np.zeros(len(m))], axis=1)
-        xl, yl, title = "z1", "", "posterior means (1-D latent)"
+        xl, yl, title = "z1", "", "posterior summaries (1-D latent)"
     else:
         from sklearn.decomposition import PCA
 
@@ -186,7 +233,7 @@ def plot_latents(mu: Tensor, labels: Tensor | None, path: str | Path) -> Path:
         pts = pca.transform(m)
         ev = pca.explained_variance_ratio_
         xl, yl = f"PC1 ({ev[0]:.0%} of variance)", f"PC2 ({ev[1]:.0%})"
-        title = f"posterior means, first two principal components of {m.shape[1]}-D latent"
+        title = f"posterior summaries, first two principal components of {m.shape[1]} dimensions"
     fig, ax = plt.subplots(figsize=(6, 5))
     if labels is not None:
         lab = labels.cpu().numpy()
@@ -201,7 +248,11 @@ def plot_latents(mu: Tensor, labels: Tensor | None, path: str | Path) -> Path:
 
 
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
-    """neg-ELBO, reconstruction NLL and KL (nats per example) against step, train and valid."""
+    """neg-ELBO, reconstruction NLL and KL (nats per example) against step, train and valid.
+
+    Valid points are per epoch, so overfitting shows as the valid curve turning up while
+    the train curve keeps falling.
+    """
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     names = [
         ("neg_elbo", "neg-ELBO"),
@@ -211,7 +262,7 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     steps = [r["step"] for r in metrics]
     for ax, (key, label) in zip(axes, names, strict=True):
         for split, style in (("train", "-"), ("valid", "--")):
-            vals = [r.get(f"{split}_{key}", np.nan) for r in metrics]
+            vals = [_num(r.get(f"{split}_{key}")) for r in metrics]
             ax.plot(steps, vals, style, marker="." if len(steps) < 30 else None, label=split)
         ax.set_title(label)
         ax.set_xlabel("step")
@@ -220,6 +271,10 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
         ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _num(v: object) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
 
 
 def plot_2d_data_vs_samples(data: Tensor, samples: Tensor, path: str | Path) -> Path:
@@ -238,6 +293,7 @@ def draw_run_figures(
 ) -> list[Path]:
     """The figures ``aevb train`` leaves in ``RUN/figures``; returns their paths."""
     out = Path(run_dir) / ckpt.FIGURES_DIR
+    names = FIGURE_NAMES
     shape = tuple(dataset.info.shape)
     vr = dataset.info.value_range
     device = next(model.parameters()).device
@@ -245,22 +301,21 @@ def draw_run_figures(
     model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        paths.append(plot_curves(ckpt.read_metrics(run_dir), out / "curves.png"))
+        paths.append(plot_curves(ckpt.read_metrics(run_dir), out / names["curves"]))
         if shape == (2,):
             test = dataset.head("test", 2000)
             samples = model.sample(len(test), mean=False)
-            paths.append(plot_2d_data_vs_samples(test, samples, out / "samples.png"))
+            paths.append(plot_2d_data_vs_samples(test, samples, out / names["samples"]))
         else:
-            paths.append(plot_samples(model.sample(64), out / "samples.png", vr))
+            paths.append(plot_samples(model.sample(64), out / names["samples"], vr))
             x = dataset.head("test", 16).to(device)
-            paths.append(
-                plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png", vr)
-            )
-            paths.append(
-                plot_interpolation(model, x[:10], out / "interpolation.png", value_range=vr)
-            )
-        mu = torch.cat([model.embed(b.to(device)) for b in dataset.eval_batches("test", 1000)])
-        paths.append(plot_latents(mu, dataset.labels("test"), out / "latents.png"))
-        if model.config.latent_dim == 2:
-            paths.append(plot_manifold(model, out / "manifold.png", 20, vr))
+            recon = model.reconstruct(x)
+            paths.append(plot_reconstructions(x, recon, out / names["reconstructions"], vr))
+            if model.latent.kind != "codes":
+                path = out / names["interpolation"]
+                paths.append(plot_interpolation(model, x[:10], path, value_range=vr))
+        emb = torch.cat([model.embed(x.to(device)) for x, _ in dataset.eval_batches("test", 1000)])
+        paths.append(plot_latents(emb, dataset.labels("test"), out / names["latents"]))
+        if has_manifold(model):
+            paths.append(plot_manifold(model, out / names["manifold"], 20, vr))
     return paths

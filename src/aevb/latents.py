@@ -174,6 +174,8 @@ class Posterior:
     noise: NoiseSpec
     aux_loss: Tensor | None = None
     metrics: dict[str, Tensor]
+    num_groups: int = 1  # columns of log_prob(z, groups=True)
+    rsample_is_exact: bool = True  # False for relaxed samples (no density of q on them)
 
     def rsample(self, eps: Tensor, temperature: float | None = None) -> Tensor:
         """Differentiable samples for training, ``[S, B, *z]``, from noise ``eps`` ``[S, B, *noise]``.
@@ -190,6 +192,11 @@ class Posterior:
     def sample_and_log_prob(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`sample` and its log q(z|x) ``[S, B]`` (override when one pass gives both)."""
         z = self.sample(eps)
+        return z, self.log_prob(z)
+
+    def rsample_and_log_prob(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`rsample` and its log q(z|x) ``[S, B]``, differentiable (IWAE training)."""
+        z = self.rsample(eps)
         return z, self.log_prob(z)
 
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
@@ -290,6 +297,8 @@ class DiagonalGaussian(Posterior):
         log_q = -0.5 * (LOG_2PI + self.logvar + eps.pow(2)).sum(-1)
         return z, log_q
 
+    rsample_and_log_prob = sample_and_log_prob  # the same expression, differentiable
+
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
         log_q = -0.5 * (LOG_2PI + self.logvar + (z - self.mu).pow(2) * torch.exp(-self.logvar))
         log_q = log_q.sum(-1)
@@ -327,3 +336,38 @@ def _kl_gaussian_standard(q: DiagonalGaussian, p: StandardNormal) -> KLTerms:
     # Appendix B of Kingma & Welling: -KL = 1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2).
     per_dim = gaussian_kl_per_dim(q.mu, q.logvar)
     return KLTerms(per_dim.sum(-1, keepdim=True), per_dim)
+
+
+class GaussianMixture(Prior):
+    """p(z) = (1/K) sum_k N(z; mu_k, diag exp(logvar_k)): the VampPrior's form (Tomczak &
+    Welling 2018, https://arxiv.org/abs/1705.07120, eq. 9), components ``[K, D]``.
+
+    The log-density is one batched logsumexp over components, with the quadratic form
+    expanded into two matmuls (``[N, D] x [D, K]``) in float64, so no ``[N, K, D]`` tensor
+    is made and the expansion loses no precision.
+    """
+
+    def __init__(self, mu: Tensor, logvar: Tensor):
+        self.mu, self.logvar = mu, logvar
+
+    def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
+        lead, d = z.shape[:-1], z.shape[-1]
+        zz = z.reshape(-1, d).double()
+        inv_var = torch.exp(-self.logvar.double())  # [K, D]
+        mu = self.mu.double()
+        # sum_d (z_d - mu_kd)^2 / var_kd = z^2 . inv_var - 2 z . (mu inv_var) + sum mu^2 inv_var
+        quad = zz.pow(2) @ inv_var.T - 2 * zz @ (mu * inv_var).T + (mu.pow(2) * inv_var).sum(-1)
+        log_comp = -0.5 * (d * LOG_2PI + self.logvar.double().sum(-1) + quad)  # [N, K]
+        log_p = torch.logsumexp(log_comp, dim=-1) - math.log(self.mu.shape[0])
+        log_p = log_p.to(z.dtype).reshape(lead)
+        return log_p.unsqueeze(-1) if groups else log_p
+
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """A uniformly chosen component, then z = mu_k + temperature * sigma_k * eps: ``[n, D]``."""
+        k = torch.randint(self.mu.shape[0], (n,), generator=generator, device=self.mu.device)
+        eps = torch.randn(
+            n, self.mu.shape[1], generator=generator, device=self.mu.device, dtype=self.mu.dtype
+        )
+        return self.mu[k] + temperature * torch.exp(0.5 * self.logvar[k]) * eps

@@ -58,8 +58,13 @@ class Likelihood(nn.Module):
         self.event_shape = tuple(event_shape)
         self.event_dims = len(self.event_shape)
 
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """Shape of the decoder's output per example (``(n_params, *event)`` by default)."""
+        return (self.n_params, *self.event_shape)
+
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        """log p(x|z): ``x`` ``[B, *event]``, ``params`` ``[..., B, n_params, *event]`` -> ``[..., B]``."""
+        """log p(x|z): ``x`` ``[B, *event]``, ``params`` ``[..., B, *param_shape]`` -> ``[..., B]``."""
         raise NotImplementedError
 
     def param(self, params: Tensor, i: int) -> Tensor:

@@ -1,98 +1,296 @@
-"""Training objectives as functions, one registry.
+"""Training objectives: what is maximised, written against the model interface alone.
 
-An objective takes a model and a batch ``x`` ``[B, *event]`` and returns a
-:class:`VAEOutput` whose per-example ``loss`` ``[B]`` is what the trainer minimises (after
-one mean over the batch). Every quantity is in nats per example; names carry the sign.
+**Where the ELBO is computed**: :class:`ELBO` (Kingma & Welling 2013, eq. 10, with the
+closed-form KL of Appendix B when the model has one, a Monte-Carlo rate otherwise).
+:class:`IWAE` trains the k-sample importance-weighted bound (Burda et al. 2015,
+https://arxiv.org/abs/1509.00519, eq. 8). Both, and the evaluator in
+:mod:`aevb.estimators`, compute importance weights through the one function
+:func:`importance_terms`.
 
-Add an objective (e.g. the IWAE bound) with ``@register_objective("name")``; a model
-selects it by ``ModelConfig.objective``.
+An objective is called as ``objective(model, x, y, eps, hyper, train=...)`` and returns an
+:class:`ObjectiveOutput` of per-example ``[B]`` terms in nats (names carry the sign).
+``hyper`` holds the schedule values of the step (``beta``, ``tau``, ...), see
+:mod:`aevb.schedules`. With ``train=False`` the objective scores what it bounds: beta = 1,
+no free bits, exact (not relaxed) samples.
+
+Add one with ``@register_objective``: a class built from the run config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
-from .distributions import reparameterise
+from .distributions import log_mean_exp
+from .errors import ConfigError
+from .latents import KLTerms, Posterior, Prior
 
 if TYPE_CHECKING:
-    from .models.vae import VAE
+    from .config import RunConfig
+    from .models.base import LatentVariableModel
 
 
 @dataclass(frozen=True)
-class VAEOutput:
-    """Per-example results of one forward pass (all ``[B]`` in nats unless noted).
+class ImportanceTerms:
+    """The pieces of log w = log p(x|z) + log p(z) - log q(z|x) for samples z ``[S, B, *z]``.
+
+    ``log_pz`` and ``log_qz`` are ``[S, B, G]``, one column per latent group.
+    """
+
+    z: Tensor
+    log_px_z: Tensor
+    log_pz: Tensor
+    log_qz: Tensor
+
+    @property
+    def log_w(self) -> Tensor:
+        """``[S, B]`` log importance weights."""
+        return self.log_px_z + (self.log_pz - self.log_qz).sum(-1)
+
+
+def importance_terms(
+    model: LatentVariableModel,
+    x: Tensor,
+    q: Posterior,
+    p: Prior,
+    eps: Tensor,
+    y: Tensor | None = None,
+    *,
+    reparameterised: bool = False,
+) -> ImportanceTerms:
+    """The one function of importance weights: z_k ~ q(z|x) from noise ``eps`` ``[S, B, *noise]``,
+    then log p(x|z_k), log p(z_k) and log q(z_k|x).
+
+    ``reparameterised`` keeps the samples differentiable (IWAE training); otherwise they
+    are q's exact samples (estimation).
+    """
+    z, log_qz = q.rsample_and_log_prob(eps) if reparameterised else q.sample_and_log_prob(eps)
+    log_qz = _groups(q, z, log_qz)
+    return ImportanceTerms(z, model.log_likelihood(x, z, y), p.log_prob(z, groups=True), log_qz)
+
+
+def _groups(q: Posterior, z: Tensor, log_qz: Tensor) -> Tensor:
+    """log q per group ``[S, B, G]`` (one group: the total itself, no second pass)."""
+    if getattr(q, "num_groups", 1) == 1:
+        return log_qz.unsqueeze(-1)
+    return q.log_prob(z, groups=True)
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """Per-example results of one objective evaluation (all ``[B]`` in nats unless noted).
 
     Attributes:
-        loss: the objective minimised in training (``recon_nll + beta * kl`` for the ELBO).
-        neg_elbo: the negative ELBO with beta = 1, ``recon_nll + kl`` (an upper bound on -log p(x)).
-        recon_nll: -E_q[log p(x|z)], Monte-Carlo over L samples (the distortion).
-        kl: KL(q(z|x) || p(z)) (the rate).
-        z: ``[L, B, D]`` the latent samples used.
-        mu, logvar: ``[B, D]`` parameters of q(z|x).
+        loss: what training minimises (after one mean over the batch).
+        neg_elbo: -ELBO with beta = 1: ``recon_nll + kl``.
+        recon_nll: -E_q[log p(x|z)], the distortion.
+        kl: KL(q(z|x) || p(z)), the rate (closed form, or Monte Carlo over the samples).
+        kl_groups: ``[B, G]`` the rate per latent group.
+        kl_per_dim: ``[B, D]`` the rate per latent dimension where the KL factorises, else None.
+        terms: further per-example values to log (e.g. ``neg_iw_bound``).
+        metrics: scalar diagnostics of the encoding (e.g. codebook perplexity).
     """
 
     loss: Tensor
     neg_elbo: Tensor
     recon_nll: Tensor
     kl: Tensor
-    z: Tensor
-    mu: Tensor
-    logvar: Tensor
+    kl_groups: Tensor
+    kl_per_dim: Tensor | None = None
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    def per_example(self) -> dict[str, Tensor]:
+        """The ``[B]`` and ``[B, D]`` values to accumulate, by name."""
+        out = {
+            "loss": self.loss,
+            "neg_elbo": self.neg_elbo,
+            "recon_nll": self.recon_nll,
+            "kl": self.kl,
+            **self.terms,
+        }
+        if self.kl_per_dim is not None:
+            out["kl_per_dim"] = self.kl_per_dim
+        elif self.kl_groups.shape[-1] > 1:
+            out["kl_per_group"] = self.kl_groups
+        return out
 
 
-Objective = Callable[..., VAEOutput]
-OBJECTIVES: dict[str, Objective] = {}
+def rate(model: LatentVariableModel, q: Posterior, p: Prior, t: ImportanceTerms) -> KLTerms:
+    """The closed-form KL if the model has one, else the Monte-Carlo mean of log q - log p."""
+    kl = model.kl(q, p)
+    if kl is None:
+        kl = KLTerms((t.log_qz - t.log_pz).mean(0))
+    return kl
 
 
-def register_objective(name: str) -> Callable[[Objective], Objective]:
-    def deco(fn: Objective) -> Objective:
-        OBJECTIVES[name] = fn
-        return fn
+def free_bits(kl: KLTerms, threshold: float, per: str) -> Tensor:
+    """The KL penalty with free bits: ``sum_j max(threshold, mean_batch KL_j)`` (Kingma et al. 2016).
+
+    Written per example so that its batch mean is exactly that sum: units whose batch-mean
+    KL is above the threshold keep their per-example KL (so their gradient is unchanged),
+    the others contribute the constant threshold (no gradient). The batch mean is taken
+    over the global batch when training in several processes.
+
+    Args:
+        kl: the closed-form or Monte-Carlo KL.
+        threshold: nats per unit.
+        per: ``dim`` (per latent dimension) or ``group``.
+
+    Returns:
+        ``[B]``.
+    """
+    from .distributed import global_mean
+
+    if per == "dim":
+        if kl.per_dim is None:
+            raise ConfigError(
+                "--free-bits-per dim needs a KL that factorises over dimensions; this model's "
+                "rate does not: use --free-bits-per group"
+            )
+        units = kl.per_dim
+    else:
+        units = kl.groups
+    batch_mean = global_mean(units.detach())  # [J]
+    return torch.where(batch_mean > threshold, units, threshold).sum(-1)
+
+
+# --- the registry -----------------------------------------------------------------------------
+class Objective:
+    """Base class: ``num_samples`` samples of z per example, scored by ``__call__``."""
+
+    name: str
+    monitor: str = "neg_elbo"  # the validation value early stopping watches
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        model: LatentVariableModel,
+        x: Tensor,
+        y: Tensor | None,
+        eps: Tensor,
+        hyper: dict[str, float],
+        train: bool = True,
+    ) -> ObjectiveOutput:
+        raise NotImplementedError
+
+
+OBJECTIVES: dict[str, Callable[[RunConfig], Objective]] = {}
+
+
+def register_objective(name: str) -> Callable[[Any], Any]:
+    """Decorator: ``cls.from_config(run_config)`` builds the objective ``--objective name``."""
+
+    def deco(cls: Any) -> Any:
+        cls.name = name
+        OBJECTIVES[name] = cls.from_config
+        return cls
 
     return deco
 
 
-def elbo_terms(
-    log_px_given_z: Tensor, kl: Tensor, beta: float = 1.0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Combine the Monte-Carlo reconstruction term and the closed-form KL (paper eq. 10).
-
-    ``ELBO ~= (1/L) sum_l log p(x|z_l) - KL(q(z|x) || p(z))``, ``z_l = mu + sigma * eps_l``.
-
-    Args:
-        log_px_given_z: ``[L, B]`` log p(x|z_l) for L samples per example.
-        kl: ``[B]`` KL(q(z|x) || p(z)).
-        beta: weight of the KL term in the returned loss (1 gives the negative ELBO).
-
-    Returns:
-        ``(loss, neg_elbo, recon_nll)``, each ``[B]``: ``recon_nll + beta * kl``,
-        ``recon_nll + kl`` and ``-mean_l log p(x|z_l)``.
-    """
-    recon_nll = -log_px_given_z.mean(dim=0)
-    return recon_nll + beta * kl, recon_nll + kl, recon_nll
+def build_objective(config: RunConfig) -> Objective:
+    name = config.objective.objective
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown --objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](config)
 
 
 @register_objective("elbo")
-def elbo(
-    model: VAE, x: Tensor, samples: int = 1, beta: float = 1.0, eps: Tensor | None = None
-) -> VAEOutput:
-    """The (beta-weighted) ELBO with L = ``samples`` reparameterised samples.
+class ELBO(Objective):
+    """The beta-weighted ELBO with L reparameterised samples, optionally with free bits.
 
-    Args:
-        model: supplies ``encode``, ``log_likelihood`` and ``kl``.
-        x: ``[B, *event]`` data.
-        eps: optional ``[samples, B, D]`` noise for the reparameterisation (drawn if None).
-
-    Returns:
-        A :class:`VAEOutput` with ``loss = recon_nll + beta * kl``.
+    ``loss = recon_nll + beta * KL (+ the posterior's auxiliary loss)``; with beta = 1 and
+    no free bits it is the negative ELBO.
     """
-    mu, logvar = model.encode(x)
-    z = reparameterise(mu, logvar, samples, eps=eps)  # [L, B, D]
-    log_px_given_z = model.log_likelihood(x, z)  # [L, B]
-    kl = model.kl(mu, logvar, z)  # [B]
-    loss, neg_elbo, recon_nll = elbo_terms(log_px_given_z, kl, beta)
-    return VAEOutput(loss, neg_elbo, recon_nll, kl, z, mu, logvar)
+
+    def __init__(self, samples: int = 1, free_bits: float = 0.0, free_bits_per: str = "dim"):
+        self.samples, self.threshold, self.per = samples, free_bits, free_bits_per
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> ELBO:
+        oc = config.objective
+        return cls(config.elbo.samples, oc.free_bits, oc.free_bits_per)
+
+    @property
+    def num_samples(self) -> int:
+        return self.samples
+
+    def __call__(self, model, x, y, eps, hyper, train=True):
+        q, p = model.posterior(x, y), model.prior(y)
+        z = q.rsample(eps, hyper.get("tau")) if train else q.sample(eps)  # [L, B, *z]
+        recon_nll = -model.log_likelihood(x, z, y).mean(0)
+        kl = model.kl(q, p)
+        if kl is None:  # Monte Carlo over the same samples
+            kl = KLTerms((q.log_prob(z, groups=True) - p.log_prob(z, groups=True)).mean(0))
+        total = kl.total
+        if train:
+            penalty = free_bits(kl, self.threshold, self.per) if self.threshold > 0 else total
+            loss = recon_nll + hyper["beta"] * penalty
+        else:
+            loss = recon_nll + total
+        if q.aux_loss is not None:
+            loss = loss + q.aux_loss
+        return ObjectiveOutput(
+            loss, recon_nll + total, recon_nll, total, kl.groups, kl.per_dim, metrics=q.metrics
+        )
+
+
+@register_objective("iwae")
+class IWAE(Objective):
+    """The k-sample importance-weighted bound ``log (1/k) sum_k w_k`` (Burda et al. 2015, eq. 8).
+
+    It bounds log p(x) more tightly than the ELBO and equals it at k = 1. It has no KL
+    weight: beta must be 1 (constant), and free bits do not apply.
+    """
+
+    monitor = "neg_iw_bound"
+
+    def __init__(self, k: int = 50):
+        self.k = k
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> IWAE:
+        oc = config.objective
+        if oc.beta != 1 or oc.beta_schedule != "constant":
+            raise ConfigError(
+                "--objective iwae trains the importance-weighted bound, which has no KL weight: "
+                "drop --beta/--beta-schedule (beta must be 1)"
+            )
+        if oc.free_bits > 0:
+            raise ConfigError("--free-bits applies to --objective elbo, not iwae")
+        return cls(config.iwae.k)
+
+    @property
+    def num_samples(self) -> int:
+        return self.k
+
+    def __call__(self, model, x, y, eps, hyper, train=True):
+        q, p = model.posterior(x, y), model.prior(y)
+        if not getattr(q, "rsample_is_exact", True):
+            raise ConfigError(
+                "--objective iwae needs exact reparameterised samples of q(z|x); this model's "
+                "are relaxed: use --objective elbo"
+            )
+        t = importance_terms(model, x, q, p, eps, y, reparameterised=train)
+        neg_bound = -log_mean_exp(t.log_w, dim=0)
+        recon_nll = -t.log_px_z.mean(0)
+        kl = rate(model, q, p, t)
+        loss = neg_bound if q.aux_loss is None else neg_bound + q.aux_loss
+        return ObjectiveOutput(
+            loss,
+            recon_nll + kl.total,
+            recon_nll,
+            kl.total,
+            kl.groups,
+            kl.per_dim,
+            terms={"neg_iw_bound": neg_bound},
+            metrics=q.metrics,
+        )

@@ -1,41 +1,62 @@
 """The training loop, readable top to bottom.
 
-``train(config, out_dir)`` builds the data and the model from a :class:`RunConfig`, runs
-Adam for the configured steps or epochs, validates after every epoch, logs to
-``metrics.jsonl``, checkpoints atomically, and writes the model and figures.
-``resume(run_dir, steps=N)`` continues a run in place up to N steps in total, bit-exactly.
+``train(config, out_dir)`` claims the run directory, builds the data, the model and the
+objective from a :class:`RunConfig`, runs Adam for the configured steps or epochs,
+validates after every epoch, logs to ``metrics.jsonl``, checkpoints atomically and writes
+the model and figures. ``resume(run_dir, steps=N)`` continues a run in place up to N steps
+in total, bit-exactly.
 
-Determinism: the data order is a function of (seed, epoch); the sampling noise comes
-from the global torch RNG, seeded once and saved in every checkpoint; evaluation runs on
-a forked RNG so it never disturbs that stream.
+The parts, in the order a run meets them: :func:`train` (claim and release the folder),
+:func:`_setup` (data, model, optimizer, restored state), :func:`_run` (the epochs),
+:func:`_train_epoch` (the hot loop), :func:`_end_epoch` (validation, logging, early
+stopping, checkpoint), :func:`_finish` (the artifact). :class:`Progress` is everything a
+checkpoint stores besides tensors; :class:`TrainStep` is the model plus its objective, the
+module DistributedDataParallel wraps and ``--compile`` compiles.
 
-Scale-out (see :mod:`aevb.distributed` for the launch commands): under torchrun every
-rank runs this same function. Each takes its slice of every global batch (and of its
-noise), DistributedDataParallel averages the gradients, metric sums are all-reduced
-before they are logged, validation is sharded, and only rank 0 writes files. With one
-process all of this reduces to the plain loop (world size 1).
+What is guaranteed (docs/promises.md): a step whose loss or gradient is not finite is
+skipped and counted, and after ``--max-skipped-steps`` in a row training stops with a
+diagnosis, keeping the last good checkpoint (NaN weights are never written). Ctrl-C or
+SIGTERM stops at the next step boundary and saves exactly the state after the last
+completed step, so resuming continues bit-for-bit. ``config.json`` of a resumed run
+changes only at the first checkpoint written with the new settings. Determinism: the data
+order is a function of (seed, epoch); the noise comes from the global torch RNG, seeded
+once and saved in every checkpoint; validation runs on a forked RNG.
+
+Scale-out (see :mod:`aevb.distributed`): under torchrun every rank runs this function; each
+takes its slice of every global batch and of its noise, DDP averages the gradients, metric
+sums are all-reduced, validation is sharded, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed
-from .config import DataConfig, RunConfig, TrainConfig
+from . import distributed, rundir
+from .accumulate import MeanAccumulator, all_reduce_
+from .config import DataConfig, RunConfig
 from .data import DATASETS, PYTHON_SOURCE, Dataset, load_dataset, shard_range
-from .errors import AevbError, ConfigError
-from .evaluate import MeanAccumulator, all_reduce_, evaluate_elbo
-from .models import build_model
+from .errors import AevbError, ConfigError, TrainingInterrupted
+from .evaluate import evaluate_objective
+from .models import LatentVariableModel, build_model
+from .objectives import Objective, ObjectiveOutput, build_objective
+from .schedules import build_schedules
+
+logger = logging.getLogger("aevb")
 
 
 @dataclass
@@ -46,6 +67,61 @@ class TrainResult:
     model: nn.Module
     metrics: dict[str, Any]
     config: RunConfig
+
+
+@dataclass
+class Progress:
+    """Where training stands: what a checkpoint stores besides tensors (JSON).
+
+    ``epoch`` counts completed epochs; the epoch in progress began at ``epoch_start_step``
+    with batches of ``batch_size``, so a resume finds its place even after the batch size
+    changed at an earlier epoch boundary.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    epoch_start_step: int = 0
+    batch_size: int = 0
+    best_valid: float | None = None
+    best_epoch: int | None = None
+    best_step: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    wall_time_s: float = 0.0
+    skipped_steps: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], batch_size: int, steps_per_epoch: int) -> Progress:
+        names = {f.name for f in fields(cls)}
+        p = cls(**{k: v for k, v in d.items() if k in names})
+        if "epoch_start_step" not in d:  # written by aevb 0.1: one batch size throughout
+            p.epoch_start_step = p.epoch * steps_per_epoch
+            p.batch_size = batch_size
+        if p.best_valid is not None and not math.isfinite(p.best_valid):
+            p.best_valid = None
+        return p
+
+    @property
+    def at_epoch_boundary(self) -> bool:
+        return self.step == self.epoch_start_step
+
+
+class TrainStep(nn.Module):
+    """The model and its objective: one forward gives the per-example objective terms.
+
+    This is what DistributedDataParallel wraps and ``torch.compile`` compiles; the model
+    inside stays the plain module that is evaluated and saved.
+    """
+
+    def __init__(self, model: LatentVariableModel, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(
+        self, x: Tensor, y: Tensor | None, eps: Tensor, hyper: dict[str, float]
+    ) -> ObjectiveOutput:
+        return self.objective(self.model, x, y, eps, hyper, train=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,8 +149,9 @@ def resolve_model_config(config: RunConfig, dataset: Dataset) -> RunConfig:
             f"has shape {tuple(info.shape)}"
         )
     likelihood = info.likelihood if model.likelihood == "auto" else model.likelihood
-    model = replace(model, input_shape=tuple(info.shape), likelihood=likelihood)
-    return replace(config, model=model)
+    return replace(
+        config, model=replace(model, input_shape=tuple(info.shape), likelihood=likelihood)
+    )
 
 
 def record_source(data: DataConfig) -> DataConfig:
@@ -85,12 +162,17 @@ def record_source(data: DataConfig) -> DataConfig:
     return data
 
 
-def total_steps(config: RunConfig, steps_per_epoch: int) -> int:
-    t = config.train
-    n = t.steps if t.steps is not None else t.epochs * steps_per_epoch
-    if n < 1:
-        raise ConfigError("nothing to train: give --steps >= 1 or --epochs >= 1")
-    return n
+def effective_batch_size(batch_size: int, n_train: int) -> int:
+    """The global batch: ``batch_size``, or the whole training split when it is smaller."""
+    if batch_size > n_train:
+        logger.warning(
+            "--batch-size %d exceeds the %d training examples: each step uses the whole "
+            "training split as one batch",
+            batch_size,
+            n_train,
+        )
+        return n_train
+    return batch_size
 
 
 def train(
@@ -104,7 +186,8 @@ def train(
     """Train (or, with ``resume=True``, continue) a run.
 
     Under torchrun (``aevb train --nproc N``) every process calls this; they join one
-    process group for the duration of the call.
+    process group for the duration of the call. ``out_dir`` may also be an unfinished run
+    of the same configuration, which is then continued.
 
     Args:
         config: the run's configuration; ``batch_size`` is the global batch.
@@ -115,44 +198,95 @@ def train(
 
     Returns:
         A :class:`TrainResult` (on every rank).
+
+    Raises:
+        TrainingInterrupted: after Ctrl-C/SIGTERM, once the state is saved (exit 130).
+        AevbError: bad input, a folder that must not be written, divergence.
     """
-    check_train_config(config.train)
+    build_objective(config)  # an impossible objective fails before anything is touched
     with distributed.session(resolve_device(config.train.device)) as ctx:
-        return _train(config, out_dir, dataset, resume, progress, ctx)
-
-
-def check_train_config(tc: TrainConfig) -> None:
-    """Reject training settings the loop cannot run with, before anything is written."""
-    if not (math.isfinite(tc.lr) and tc.lr > 0):
-        raise ConfigError(f"--lr must be a finite number > 0, got {tc.lr}")
-    for flag, value, least in (
-        ("--eval-batch-size", tc.eval_batch_size, 1),
-        ("--log-every", tc.log_every, 1),
-        ("--checkpoint-every", tc.checkpoint_every, 0),
-        ("--patience", tc.patience, 1),
-    ):
-        if value is not None and value < least:
-            raise ConfigError(f"{flag} must be >= {least}, got {value}")
-    if tc.grad_clip is not None and not (math.isfinite(tc.grad_clip) and tc.grad_clip > 0):
-        raise ConfigError(f"--grad-clip must be a finite number > 0, got {tc.grad_clip}")
+        run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
+        run_dir = distributed.broadcast(run_dir)
+        claim = distributed.on_main(rundir.claim, run_dir, resume)
+        failed = True
+        try:
+            result = _train(config, run_dir, claim.status, dataset, resume, progress, ctx)
+            failed = False
+            return result
+        finally:
+            if ctx.is_main:
+                claim.release(failed=failed)
 
 
 def _train(
     config: RunConfig,
-    out_dir: str | Path | None,
+    run_dir: Path,
+    status: rundir.RunStatus,
     dataset: Dataset | None,
     resume: bool,
     progress: bool,
     ctx: distributed.Context,
 ) -> TrainResult:
+    s = _setup(config, run_dir, status, dataset, resume, ctx)
+    t0 = time.perf_counter() - s.prog.wall_time_s
+    bar = tqdm(
+        total=s.n_steps,
+        initial=s.prog.step,
+        desc="train",
+        unit="step",
+        disable=not (progress and ctx.is_main),
+        dynamic_ncols=True,
+        leave=False,
+    )
+    try:
+        with _stop_on_signals() as stop:
+            _run(s, stop, bar, t0)
+    finally:
+        bar.close()
+    return _finish(s)
+
+
+# --- 1. set-up ----------------------------------------------------------------------------
+@dataclass
+class Session:
+    """Everything one training command works with (built by :func:`_setup`)."""
+
+    config: RunConfig
+    run_dir: Path
+    dataset: Dataset
+    model: LatentVariableModel
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    step_fn: nn.Module
+    schedules: dict[str, Callable[[int], float]]
+    prog: Progress
+    batch_size: int
+    steps_per_epoch: int
+    n_steps: int
+    ctx: distributed.Context
+    best_weights: dict[str, Tensor] | None = None
+    config_written: bool = False
+    last_checkpoint_step: int = -1
+    start_step: int = 0  # where this command began
+    skipped_at_start: int = 0
+    skipped_in_epoch: int = 0  # as of the last check
+
+    def good_steps_this_command(self) -> int:
+        skipped = self.prog.skipped_steps - self.skipped_at_start + self.skipped_in_epoch
+        return self.prog.step - self.start_step - skipped
+
+
+def _setup(
+    config: RunConfig,
+    run_dir: Path,
+    status: rundir.RunStatus,
+    dataset: Dataset | None,
+    resume: bool,
+    ctx: distributed.Context,
+) -> Session:
     tc = config.train
     device = ctx.device
-    distributed.check_batch_size(tc.batch_size, ctx.world_size)
-    # Rank 0's choice, so that every rank agrees on a default timestamped directory.
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
-    run_dir = distributed.broadcast(run_dir)
-
-    # 1. Data: one tensor per split, on the device; this rank's slice of each global batch.
+    # Data: one tensor per split on the device (or batches read from disk).
     if dataset is None:
         dataset = load_dataset(config.data)
         config = replace(config, data=record_source(config.data))
@@ -160,148 +294,403 @@ def _train(
         source = f"{PYTHON_SOURCE}{dataset.info.name}"
         config = replace(config, data=replace(config.data, dataset=source))
     config = resolve_model_config(config, dataset)
+    resume = resume or _continues(run_dir, status, config)
     dataset.to(device)
-    spe = dataset.steps_per_epoch(tc.batch_size)
-    noise_lo, noise_hi = shard_range(tc.batch_size, ctx.rank, ctx.world_size)
-    n_steps = total_steps(config, spe)
+    batch_size = effective_batch_size(tc.batch_size, dataset.size("train"))
+    distributed.check_batch_size(batch_size, ctx.world_size)
+    spe = dataset.steps_per_epoch(batch_size)
 
-    # 2. Model and optimizer, seeded: every rank builds the same model and RNG stream.
+    # Model, objective and optimizer, seeded: every rank builds the same ones.
     torch.manual_seed(tc.seed)
-    model = build_model(config.model).to(device)
-    for x in dataset.eval_batches("train", tc.eval_batch_size):  # batch-wise: data may be on disk
+    objective = build_objective(config)
+    model = build_model(config).to(device)
+    for x, _ in dataset.eval_batches("train", tc.eval_batch_size):  # batch-wise: may be on disk
         model.likelihood.check_data(x)
-    # Fused Adam: one kernel for the update instead of a dozen per parameter (about a
-    # quarter of a CPU step for the 784-400-20 model); the arithmetic is Adam's.
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=device.type in ("cpu", "cuda"))
-
-    state = {
-        "step": 0,
-        "epoch": 0,
-        "best_valid": math.inf,
-        "bad_epochs": 0,
-        "wall_time_s": 0.0,
-        "stopped_early": False,
-    }
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=tc.lr, eps=tc.adam_eps, fused=device.type in ("cpu", "cuda")
+    )
+    prog = Progress(batch_size=batch_size)
+    best_weights = None
     if resume:
         # One training state per run, written by rank 0 at any world size, read by all.
-        state.update(ckpt.load_training_state(run_dir, model, optimizer))
-        for group in optimizer.param_groups:  # the saved groups carry the old --lr
-            group["lr"] = tc.lr
+        saved = ckpt.load_training_state(run_dir, model, optimizer)
+        prog = Progress.from_dict(saved, batch_size, spe)
+        _check_resumable(run_dir, prog, batch_size)
+        if prog.at_epoch_boundary:
+            prog.batch_size = batch_size
         best_weights = ckpt.load_best_weights(run_dir) if tc.patience is not None else None
         distributed.sync_device_rng(device)
-        # Nothing left to do: say so, rather than rewrite the config with a shorter length.
-        if state["stopped_early"]:
-            raise ConfigError(
-                f"{run_dir} stopped early at step {state['step']} (--patience); "
-                "start a new run (with a larger --patience) to train longer"
-            )
-        if state["step"] >= n_steps and (run_dir / ckpt.MODEL_FILE).exists():
-            raise ConfigError(
-                f"{run_dir} is already at step {state['step']}; give --steps (or --epochs) "
-                "beyond it to continue"
-            )
-    distributed.on_main(_prepare_run_dir, run_dir, config, dataset, resume, state["step"])
-    # DDP averages the gradients; `model` stays the plain module we evaluate and save.
-    step_fn = distributed.wrap(model, ctx)
-    step_fn = torch.compile(step_fn) if tc.compile else step_fn
-
-    if not resume:
-        best_weights = None
-    t0 = time.perf_counter() - state["wall_time_s"]
-    bar = tqdm(
-        total=n_steps,
-        initial=state["step"],
-        desc="train",
-        unit="step",
-        disable=not (progress and ctx.is_main),
-        dynamic_ncols=True,
-        leave=False,
-    )
-    model.train()
-    try:
-        while state["step"] < n_steps and not state["stopped_early"]:
-            epoch = state["epoch"]
-            start = state["step"] - epoch * spe
-            acc = MeanAccumulator()
-            batches = dataset.train_batches(
-                tc.batch_size,
-                tc.seed,
-                epoch,
-                start_step=start,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-            )
-            # 3. The hot loop: no host sync except the occasional progress-bar refresh.
-            for x in batches:
-                # Noise for the whole global batch, this rank's slice: every world size
-                # sees the same noise per example (rank 0 of 1 takes all of it).
-                eps = model.noise(tc.batch_size, device)[:, noise_lo:noise_hi]
-                out = step_fn(x, eps)
-                loss = out.loss.mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                acc.add(loss=out.loss, neg_elbo=out.neg_elbo, recon_nll=out.recon_nll, kl=out.kl)
-                state["step"] += 1
-                bar.update(1)
-                if state["step"] % tc.log_every == 0 and progress and ctx.is_main:
-                    mean = float(acc.sums["neg_elbo"]) / acc.n  # this rank's slice only
-                    bar.set_postfix_str(f"epoch {epoch} neg-ELBO {mean:.3f} nats")
-                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
-                    distributed.on_main(
-                        _checkpoint, run_dir, model, optimizer, state, t0, best_weights
-                    )
-                if state["step"] >= n_steps:
-                    break
-            epoch_done = state["step"] - epoch * spe >= spe
-            if epoch_done:
-                state["epoch"] += 1
-            # 4. Validation after every epoch (and at the very end), then log and checkpoint.
-            if epoch_done or state["step"] >= n_steps:
-                record = _log_epoch(run_dir, model, dataset, config, state, acc, t0, ctx)
-                valid = record["valid_neg_elbo"]
-                if not math.isfinite(record.get("train_neg_elbo", 0.0)) or not math.isfinite(valid):
-                    raise AevbError(
-                        f"training diverged (neg-ELBO is not finite at step {state['step']}); "
-                        "lower --lr or set --grad-clip"
-                    )
-                if valid < state["best_valid"]:
-                    state["best_valid"], state["bad_epochs"] = valid, 0
-                    state["best_epoch"], state["best_step"] = state["epoch"], state["step"]
-                    if tc.patience is not None:
-                        best_weights = {
-                            k: v.detach().clone() for k, v in model.state_dict().items()
-                        }
-                else:
-                    state["bad_epochs"] += 1
-                    if tc.patience is not None and state["bad_epochs"] >= tc.patience:
-                        state["stopped_early"] = True
-                distributed.on_main(_checkpoint, run_dir, model, optimizer, state, t0, best_weights)
-    except KeyboardInterrupt:
-        if ctx.is_main:  # no collective here: the other ranks may be gone already
-            _checkpoint(run_dir, model, optimizer, state, t0, best_weights)
-        raise
-    finally:
-        bar.close()
-
-    # 5. The artifact: the best weights under early stopping, else the last (rank 0 writes).
-    if best_weights is not None:
-        final = build_model(config.model).to(device)
-        final.load_state_dict(best_weights)
     else:
-        final = model
+        model.data_init(dataset.head("train", 4096).to(device))
+    n_steps = _total_steps(config, prog, spe)
+    if resume and prog.step >= n_steps and (run_dir / rundir.MODEL_FILE).exists():
+        raise ConfigError(
+            f"{run_dir} is already at step {prog.step}; give --steps (or --epochs) beyond it "
+            "to continue"
+        )
+    distributed.on_main(_prepare_run_dir, run_dir, config, dataset, resume, prog.step)
+    # DDP averages the gradients; `model` stays the plain module we evaluate and save.
+    step_fn: nn.Module = distributed.wrap(TrainStep(model, objective), ctx)
+    if tc.compile:
+        step_fn = torch.compile(step_fn)
+    schedules = build_schedules(config, spe, n_steps)
+    return Session(
+        config,
+        run_dir,
+        dataset,
+        model,
+        objective,
+        optimizer,
+        step_fn,
+        schedules,
+        prog,
+        batch_size,
+        spe,
+        n_steps,
+        ctx,
+        best_weights,
+        config_written=not resume,
+        last_checkpoint_step=prog.step if resume else -1,
+        start_step=prog.step,
+        skipped_at_start=prog.skipped_steps,
+    )
+
+
+def _continues(run_dir: Path, status: rundir.RunStatus, config: RunConfig) -> bool:
+    """Whether ``train --out run_dir`` continues an unfinished run there (same config only)."""
+    if status.kind != "unfinished":
+        return False
+    stored = {k: v for k, v in (status.config or {}).items() if k != "dataset_info"}
+    try:
+        same = RunConfig.from_dict(stored) == config
+    except AevbError:
+        same = False
+    if not same:
+        raise ConfigError(
+            f"{run_dir} holds an unfinished run with another configuration; nothing was "
+            f"written: continue it with `aevb train --resume {run_dir}`, or give another --out"
+        )
+    if status.step is None:
+        return False  # it stopped before its first checkpoint: start it again
+    logger.warning("continuing the unfinished run in %s from step %d", run_dir, status.step)
+    return True
+
+
+def _check_resumable(run_dir: Path, prog: Progress, batch_size: int) -> None:
+    if prog.stopped_early:
+        raise ConfigError(
+            f"{run_dir} stopped early at step {prog.step} (--patience); start a new run "
+            "(with a larger --patience) to train longer"
+        )
+    if batch_size != prog.batch_size and not prog.at_epoch_boundary:
+        done = prog.step - prog.epoch_start_step
+        raise ConfigError(
+            f"--batch-size can change only at an epoch boundary; {run_dir} is {done} steps into "
+            f"epoch {prog.epoch + 1} at batch size {prog.batch_size}: resume without "
+            "--batch-size to finish the epoch first"
+        )
+
+
+def _total_steps(config: RunConfig, prog: Progress, steps_per_epoch: int) -> int:
+    """The step at which training ends: --steps, or --epochs counted from the current epoch."""
+    t = config.train
+    if t.steps is not None:
+        return t.steps
+    return prog.epoch_start_step + (t.epochs - prog.epoch) * steps_per_epoch
+
+
+# --- 2. the epochs -------------------------------------------------------------------------
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.when = 0.0
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    """Turn Ctrl-C and SIGTERM into a flag for the loop (main thread only).
+
+    A second signal more than two seconds after the first interrupts at once (the last
+    checkpoint is then what survives); one within two seconds is the same request twice
+    (torchrun forwards the terminal's Ctrl-C to workers that also received it).
+    """
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag and time.monotonic() - flag.when > 2.0:
+            raise KeyboardInterrupt
+        if not flag:
+            flag.signum, flag.when = signum, time.monotonic()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _run(s: Session, stop: _StopFlag, bar: tqdm, t0: float) -> None:
+    prog = s.prog
+    try:
+        while prog.step < s.n_steps and not prog.stopped_early:
+            acc, skipped = _train_epoch(s, stop, bar, t0)
+            epoch_done = prog.step - prog.epoch_start_step >= s.steps_per_epoch
+            if epoch_done or prog.step >= s.n_steps:
+                _end_epoch(s, acc, skipped, epoch_done, t0)
+            elif stop:  # mid-epoch: this epoch's steps so far count as skipped for nothing
+                prog.skipped_steps += int(distributed.all_reduce_sum(skipped.clone()))
+            if stop:
+                break
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted; {s.run_dir} keeps its last checkpoint (step "
+            f"{max(s.last_checkpoint_step, 0)}): continue with `aevb train --resume {s.run_dir}`"
+        ) from None
+    if stop and prog.step < s.n_steps and not prog.stopped_early:
+        _checkpoint(s, t0)
+        raise TrainingInterrupted(
+            f"interrupted at step {prog.step}; the training state is saved in {s.run_dir}: "
+            f"continue with `aevb train --resume {s.run_dir}`"
+        )
+
+
+def _train_epoch(
+    s: Session, stop: _StopFlag, bar: tqdm, t0: float
+) -> tuple[MeanAccumulator, Tensor]:
+    """Steps of the current epoch until it ends, training ends, or a stop is agreed.
+
+    Returns the epoch's accumulated per-example terms and the number of skipped steps
+    (a device tensor). The hot loop has no host sync except every ``log_every`` steps.
+    """
+    prog, tc, ctx, device = s.prog, s.config.train, s.ctx, s.ctx.device
+    noise = s.model.latent.noise
+    lo, hi = shard_range(s.batch_size, ctx.rank, ctx.world_size)
+    per_rank = s.batch_size / ctx.world_size
+    acc = MeanAccumulator()
+    skipped = torch.zeros((), device=device)
+    run_of_bad = torch.zeros((), device=device)
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    batches = s.dataset.train_batches(
+        s.batch_size,
+        tc.seed,
+        prog.epoch,
+        start_step=prog.step - prog.epoch_start_step,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    s.model.train()
+    for x, y in batches:
+        hyper = {name: f(prog.step) for name, f in s.schedules.items()}
+        for group in s.optimizer.param_groups:
+            group["lr"] = hyper["lr"]
+        # Noise for the whole global batch, this rank's slice: every world size sees the
+        # same noise per example (rank 0 of 1 takes all of it).
+        eps = noise.draw(s.objective.num_samples, s.batch_size, device)[:, lo:hi]
+        out = s.step_fn(x, y, eps, hyper)
+        loss = out.loss.sum() / per_rank  # DDP averages: the global batch's mean
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        # The same decision on every rank: gradients are all-reduced by now.
+        bad = ~torch.isfinite(norm) | ~torch.isfinite(loss.detach())
+        bad = distributed.any_rank(bad)
+        _optimizer_step(s.optimizer, bad)
+        acc.add(mask=~bad, **out.per_example())
+        skipped = skipped + bad
+        run_of_bad = (run_of_bad + 1) * bad
+        prog.step += 1
+        bar.update(1)
+        at_check = prog.step % tc.log_every == 0
+        if at_check:
+            _check_divergence(s, run_of_bad, skipped)
+            if not bar.disable and acc.n:
+                mean = float(acc.sums["neg_elbo"]) / acc.n  # this rank's slice only
+                bar.set_postfix_str(f"epoch {prog.epoch + 1} neg-ELBO {mean:.3f} nats")
+        if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
+            _check_divergence(s, run_of_bad, skipped)
+            _checkpoint(s, t0)
+        if prog.step >= s.n_steps:
+            break
+        # Stop at a step boundary; several processes agree on it every log_every steps.
+        if ctx.world_size == 1:
+            if stop:
+                break
+        elif at_check and distributed.any_rank_flag(bool(stop)):
+            stop.signum = stop.signum or signal.SIGINT
+            break
+    _check_divergence(s, run_of_bad, skipped)
+    return acc, skipped
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, bad: Tensor) -> None:
+    """Adam's step, skipped when ``bad`` (no host sync with the fused kernels)."""
+    if optimizer.defaults.get("fused"):
+        # The fused kernel skips the update (and the step count) where found_inf is set,
+        # as it does for GradScaler.
+        optimizer.found_inf = bad.to(torch.float32)  # type: ignore[attr-defined]
+        optimizer.step()
+    elif not bool(bad):
+        optimizer.step()
+
+
+def _check_divergence(s: Session, run_of_bad: Tensor, skipped: Tensor) -> None:
+    """Stop cleanly after ``--max-skipped-steps`` non-finite steps in a row, saying why (a host sync)."""
+    s.skipped_in_epoch = int(skipped)
+    run = int(run_of_bad)
+    if run < s.config.train.max_skipped_steps:
+        return
+    what = f"{run} steps in a row had a non-finite loss or gradient and were skipped"
+    raise AevbError(_divergence_message(s, what))
+
+
+def _divergence_message(s: Session, what: str) -> str:
+    tc, prog = s.config.train, s.prog
+    keep = (
+        f"the last good checkpoint (step {s.last_checkpoint_step}) is kept"
+        if s.last_checkpoint_step >= 0
+        else "nothing was saved"
+    )
+    weights = _largest_weight(s.model)
+    lo, hi = s.dataset.info.value_range
+    if not math.isfinite(weights):
+        cause = f"the weights became non-finite under --lr {tc.lr:g}: lower --lr or set --grad-clip"
+    elif s.good_steps_this_command() == 0:
+        cause = (
+            f"the loss is not finite even at the starting weights, so the cause is the data "
+            f"(values span [{lo:.3g}, {hi:.3g}]) or the model settings (--likelihood "
+            f"{s.config.model.likelihood}, --sigma {s.config.model.sigma:g}), not the learning "
+            "rate: rescale or standardise the data, or choose another likelihood"
+        )
+    else:
+        cause = (
+            f"the weights grew to {weights:.3g} in absolute value under --lr {tc.lr:g}: lower "
+            "--lr or set --grad-clip"
+        )
+    return f"training diverged at step {prog.step}: {what}; {cause}; {keep}"
+
+
+def _largest_weight(model: nn.Module) -> float:
+    with torch.no_grad():
+        return max(float(p.detach().abs().max()) for p in model.parameters())
+
+
+def _end_epoch(
+    s: Session, acc: MeanAccumulator, skipped: Tensor, epoch_done: bool, t0: float
+) -> None:
+    """Validate, log one metrics line, apply early stopping, checkpoint."""
+    prog, tc = s.prog, s.config.train
+    prog.skipped_steps += int(distributed.all_reduce_sum(skipped.clone()))
+    s.skipped_in_epoch = 0
+    if epoch_done:
+        prog.epoch += 1
+        prog.epoch_start_step = prog.step
+        prog.batch_size = s.batch_size
+    record = _log_epoch(s, acc, t0)
+    valid = record.get(f"valid_{s.objective.monitor}", record["valid_neg_elbo"])
+    if not math.isfinite(valid):
+        raise AevbError(
+            _divergence_message(s, f"the validation {s.objective.monitor} is not finite")
+        )
+    if prog.best_valid is None or valid < prog.best_valid:
+        prog.best_valid, prog.bad_epochs = valid, 0
+        prog.best_epoch, prog.best_step = prog.epoch, prog.step
+        if tc.patience is not None:
+            s.best_weights = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
+    else:
+        prog.bad_epochs += 1
+        if tc.patience is not None and prog.bad_epochs >= tc.patience:
+            prog.stopped_early = True
+    _checkpoint(s, t0)
+    if epoch_done and prog.epoch in tc.snapshot_epochs:
+        distributed.on_main(ckpt.save_snapshot, s.model, s.run_dir, prog.epoch)
+
+
+def _log_epoch(s: Session, acc: MeanAccumulator, t0: float) -> dict[str, Any]:
+    prog, tc, ctx = s.prog, s.config.train, s.ctx
+    record: dict[str, Any] = {"epoch": prog.epoch, "step": prog.step}
+    all_reduce_(acc)  # the sums (and counts) of every rank's slice: the global batch's means
+    train_means = acc.result()
+    record.update({f"train_{k}": v for k, v in train_means.items() if not k.endswith("_se")})
+    valid = evaluate_objective(
+        s.model,
+        s.objective,
+        s.dataset,
+        "valid",
+        tc.eval_batch_size,
+        seed=tc.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )  # sharded, all-reduced
+    record.update(
+        {f"valid_{k}": v for k, v in valid.items() if not k.endswith("_se") and k != "n_examples"}
+    )
+    last = max(prog.step - 1, 0)
+    record.update({name: f(last) for name, f in s.schedules.items()})  # in force at the last step
+    record["skipped_steps"] = prog.skipped_steps
+    record["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    s.model.train()
+    if ctx.is_main:
+        ckpt.append_metrics(s.run_dir, record)
+    return record
+
+
+def _checkpoint(s: Session, t0: float) -> None:
+    """Write the training state (rank 0), refusing non-finite weights; then, on a resume, the config."""
+    if s.last_checkpoint_step == s.prog.step:
+        return
+    s.prog.wall_time_s = time.perf_counter() - t0
+    try:
+        distributed.on_main(
+            ckpt.save_training_state,
+            s.run_dir,
+            s.model,
+            s.optimizer,
+            asdict(s.prog),
+            s.best_weights,
+            s.config,
+        )
+    except ckpt.NonFiniteStateError:
+        raise AevbError(_divergence_message(s, "the weights are not finite")) from None
+    s.last_checkpoint_step = s.prog.step
+    if not s.config_written:  # the new settings have produced a good state: record them
+        distributed.on_main(ckpt.save_config, s.run_dir, s.config, _info_dict(s.dataset))
+        s.config_written = True
+
+
+# --- 3. the artifact ------------------------------------------------------------------------
+def _finish(s: Session) -> TrainResult:
+    """The best weights under early stopping, else the last; rank 0 writes model and figures."""
+    if s.best_weights is not None:
+        final = build_model(s.config).to(s.ctx.device)
+        final.load_state_dict(s.best_weights)
+    else:
+        final = s.model
     final.eval()
-    metrics = distributed.on_main(_write_artifact, run_dir, final, dataset, tc.figures)
-    if metrics and best_weights is not None:  # the saved model is the best epoch's, say which
+    if not s.config_written:
+        distributed.on_main(ckpt.save_config, s.run_dir, s.config, _info_dict(s.dataset))
+    metrics = distributed.on_main(
+        _write_artifact, s.run_dir, final, s.dataset, s.config.train.figures
+    )
+    if metrics and s.best_weights is not None:  # the saved model is the best epoch's, say which
         metrics = {
             **metrics,
-            "best_epoch": state.get("best_epoch"),
-            "best_valid_neg_elbo": state["best_valid"],
-            "stopped_early": state["stopped_early"],
+            "best_epoch": s.prog.best_epoch,
+            "best_valid_neg_elbo": s.prog.best_valid,
+            "stopped_early": s.prog.stopped_early,
         }
-    return TrainResult(run_dir, final, metrics, config)
+    return TrainResult(s.run_dir, final, metrics, s.config)
 
 
 def resume(
@@ -315,7 +704,8 @@ def resume(
     """Continue the run in ``run_dir`` up to ``steps`` (or ``epochs``) in total.
 
     N steps straight through and N/2 steps followed by ``resume(run, steps=N)`` give
-    bit-identical weights on the CPU (at the same world size).
+    bit-identical weights on the CPU (at the same world size). Only training settings may
+    change (``lr=...``, ``batch_size=...`` at an epoch boundary, ...).
     """
     config = ckpt.load_config(run_dir)
     overrides = dict(train_overrides)
@@ -328,32 +718,15 @@ def resume(
     return train(config, run_dir, resume=True, progress=progress)
 
 
-# --- what rank 0 writes -----------------------------------------------------------------
+# --- what rank 0 writes ---------------------------------------------------------------------
 def _prepare_run_dir(
     run_dir: Path, config: RunConfig, dataset: Dataset, resume: bool, step: int
 ) -> None:
     if resume:
         ckpt.truncate_metrics(run_dir, step)
     else:
-        if (run_dir / ckpt.STATE_FILE).exists():
-            raise AevbError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                "or pick another --out"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.save_config(run_dir, config, _info_dict(dataset))
-
-
-def _checkpoint(
-    run_dir: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: dict,
-    t0: float,
-    best_weights: dict[str, torch.Tensor] | None = None,
-) -> None:
-    state["wall_time_s"] = time.perf_counter() - t0
-    ckpt.save_training_state(run_dir, model, optimizer, dict(state), best_weights)
+        (run_dir / rundir.METRICS_FILE).unlink(missing_ok=True)  # of a run that never checkpointed
+        ckpt.save_config(run_dir, config, _info_dict(dataset))
 
 
 def _write_artifact(
@@ -367,41 +740,6 @@ def _write_artifact(
 
         draw_run_figures(run_dir, model, dataset)
     return metrics[-1] if metrics else {}
-
-
-def _log_epoch(
-    run_dir: Path,
-    model: nn.Module,
-    dataset: Dataset,
-    config: RunConfig,
-    state: dict,
-    acc: MeanAccumulator,
-    t0: float,
-    ctx: distributed.Context,
-) -> dict[str, Any]:
-    tc = config.train
-    record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"]}
-    all_reduce_(acc)  # the sums (and n) of every rank's slice: the global batch's means
-    if acc.n:
-        train_means = acc.result()
-        record.update({f"train_{k}": v for k, v in train_means.items() if not k.endswith("_se")})
-    valid = evaluate_elbo(
-        model,
-        dataset,
-        "valid",
-        tc.eval_batch_size,
-        seed=tc.seed,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )  # sharded, all-reduced
-    record.update(
-        {f"valid_{k}": v for k, v in valid.items() if not k.endswith("_se") and k != "n_examples"}
-    )
-    record["wall_time_s"] = round(time.perf_counter() - t0, 3)
-    model.train()
-    if ctx.is_main:
-        ckpt.append_metrics(run_dir, record)
-    return record
 
 
 def _info_dict(dataset: Dataset) -> dict[str, Any]:

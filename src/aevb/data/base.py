@@ -6,10 +6,11 @@ Whatever the source, a :class:`Dataset` holds three splits (``train``, ``valid``
 labels ``[N]``, and a JSON-able ``info.transform`` recorded in the run's config so later
 commands reproduce it.
 
-Batches: ``train_batches`` draws a fresh permutation of the training split from
-(seed, epoch) alone, so a resumed run and every rank of a distributed run agree on it;
-``eval_batches`` walks a split in order and covers every example exactly once.
-``prepare_train`` is the per-use transform of a training batch (dynamic binarisation).
+Batches are pairs ``(x, y)``: ``x`` ``[b, *shape]`` and its labels ``y`` ``[b]`` (int64),
+or None for unlabelled data. ``train_batches`` draws a fresh permutation of the training
+split from (seed, epoch) alone, so a resumed run and every rank of a distributed run
+agree on it; ``eval_batches`` walks a split in order and covers every example exactly
+once. ``prepare_train`` is the per-use transform of a training batch (dynamic binarisation).
 
 In memory (every named dataset, and user data under ``--memory-budget-mb``) a split is
 one tensor, moved to the accelerator by :meth:`Dataset.to`, and batches are slices of it.
@@ -137,8 +138,14 @@ class Dataset:
         """The first ``n`` examples of a split ``[min(n, N), *shape]`` (cheap for every source)."""
         return self._split(split)[:n]
 
+    def head_labels(self, split: str, n: int) -> Tensor | None:
+        """The labels of :meth:`head` ``[min(n, N)]``, or None."""
+        y = self.labels(split)
+        return None if y is None else y[:n]
+
     def to(self, device: torch.device | str) -> Dataset:
         self.splits = {s: x.to(device) for s, x in self.splits.items()}
+        self._labels = {s: y.to(device) for s, y in self._labels.items()}
         return self
 
     def train_batches(
@@ -149,19 +156,20 @@ class Dataset:
         start_step: int = 0,
         rank: int = 0,
         world_size: int = 1,
-    ) -> Iterator[Tensor]:
-        """The training batches of ``epoch``, each ``[batch_size // world_size, *shape]``.
+    ) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """The training batches ``(x, y)`` of ``epoch``, x ``[batch_size // world_size, *shape]``.
 
         Global batch b is ``perm[b * batch_size : (b + 1) * batch_size]`` of
         :func:`epoch_permutation`; rank r takes its contiguous slice of it. The last
         incomplete global batch is dropped, so every step sees ``batch_size`` examples.
         ``start_step`` skips the first batches (resuming mid-epoch).
         """
-        x = self.splits["train"]
+        x, y = self.splits["train"], self._labels.get("train")
         self.steps_per_epoch(batch_size)  # checks the batch fits the split
         plan = train_batch_plan(len(x), batch_size, seed, epoch, start_step, rank, world_size)
         for idx in plan:
-            yield self.prepare_train(x[idx.to(x.device)])
+            idx = idx.to(x.device)
+            yield self.prepare_train(x[idx]), (y[idx] if y is not None else None)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         n = self.size("train")
@@ -178,22 +186,23 @@ class Dataset:
 
     def eval_batches(
         self, split: str, batch_size: int, rank: int = 0, world_size: int = 1
-    ) -> Iterator[Tensor]:
-        """A split in order, in batches; every example exactly once over all ranks."""
-        for _, x in self.indexed_eval_batches(split, batch_size, rank, world_size):
-            yield x
+    ) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """A split in order, in batches ``(x, y)``; every example exactly once over all ranks."""
+        for _, x, y in self.indexed_eval_batches(split, batch_size, rank, world_size):
+            yield x, y
 
     def indexed_eval_batches(
         self, split: str, batch_size: int, rank: int = 0, world_size: int = 1
-    ) -> Iterator[tuple[int, Tensor]]:
-        """``(batch_index, batch)`` pairs; rank r takes a contiguous range of whole batches.
+    ) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+        """``(batch_index, x, y)``; rank r takes a contiguous range of whole batches.
 
         Batch b is always examples ``[b * batch_size, (b + 1) * batch_size)``, whatever the
         world size, so per-batch seeding makes sharded evaluation equal one process's.
         """
-        x = self._split(split)
+        x, y = self._split(split), self._labels.get(split)
         for b in eval_batch_plan(len(x), batch_size, rank, world_size):
-            yield b, x[b * batch_size : min((b + 1) * batch_size, len(x))]
+            sl = slice(b * batch_size, min((b + 1) * batch_size, len(x)))
+            yield b, x[sl], (y[sl] if y is not None else None)
 
     def _split(self, split: str) -> Tensor:
         if split not in self.splits:

@@ -75,7 +75,7 @@ class StreamingDataset(Dataset):
     def tensor(self, split: str) -> Tensor:
         """The whole split ``[N, *shape]``, read from disk into memory: use sparingly."""
         logger.info("reading the whole %s split of %s from disk", split, self.info.name)
-        return torch.cat([x for _, x in self.indexed_eval_batches(split, 1024)])
+        return torch.cat([x for _, x, _ in self.indexed_eval_batches(split, 1024)])
 
     def head(self, split: str, n: int) -> Tensor:
         n = min(n, self.size(split))
@@ -85,7 +85,8 @@ class StreamingDataset(Dataset):
 
     def labels(self, split: str) -> Tensor | None:
         self._source(split)
-        return self._labels.get(split)
+        y = self._labels.get(split)
+        return None if y is None else y.to(self.device)
 
     def to(self, device: torch.device | str) -> StreamingDataset:
         self.device = torch.device(device)
@@ -99,15 +100,16 @@ class StreamingDataset(Dataset):
         start_step: int = 0,
         rank: int = 0,
         world_size: int = 1,
-    ) -> Iterator[Tensor]:
+    ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """As :meth:`Dataset.train_batches`, read from disk."""
         self.steps_per_epoch(batch_size)  # checks the batch fits the split
         plan = train_batch_plan(
             self.size("train"), batch_size, seed, epoch, start_step, rank, world_size
         )
         batches = [idx.tolist() for idx in plan]
-        for x in self._read("train", batches, eval_split=None):
-            yield self.prepare_train(x)
+        y = self.labels("train")
+        for idx, x in zip(batches, self._read("train", batches, eval_split=None), strict=True):
+            yield self.prepare_train(x), (y[idx] if y is not None else None)
 
     def prepare_train(self, batch: Tensor) -> Tensor:
         if self.binarize == "dynamic":
@@ -116,12 +118,16 @@ class StreamingDataset(Dataset):
 
     def indexed_eval_batches(
         self, split: str, batch_size: int, rank: int = 0, world_size: int = 1
-    ) -> Iterator[tuple[int, Tensor]]:
+    ) -> Iterator[tuple[int, Tensor, Tensor | None]]:
         """As :meth:`Dataset.indexed_eval_batches`, read from disk."""
         n = self.size(split)
         plan = eval_batch_plan(n, batch_size, rank, world_size)
         batches = [list(range(b * batch_size, min((b + 1) * batch_size, n))) for b in plan]
-        yield from zip(plan, self._read(split, batches, eval_split=split), strict=True)
+        y = self.labels(split)
+        for b, idx, x in zip(
+            plan, batches, self._read(split, batches, eval_split=split), strict=True
+        ):
+            yield b, x, (y[idx] if y is not None else None)
 
     # --- reading ------------------------------------------------------------------
     def _read(

@@ -13,6 +13,7 @@ reload the data from the run's config, recompute them identically. Suggested dec
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from pathlib import Path
 
@@ -117,5 +118,65 @@ def load_csv(path: Path, config: DataConfig) -> Dataset:
             "standardize": {"mean": mean.tolist(), "std": std.tolist(), "from": "train split"},
             "split_seed": config.split_seed,
         },
+    )
+    return Dataset(info, splits)
+
+
+logger = logging.getLogger("aevb")
+
+
+def restandardize(ds: Dataset, recorded: dict) -> Dataset:
+    """Express a re-read table in the units the model was trained in.
+
+    Later commands re-read a run's CSV; if the file changed since training, its own
+    statistics differ from those recorded in ``config.json``. The examples are then
+    standardised with the recorded mean and standard deviation (what the model expects),
+    with a warning when a column's mean moved by more than 0.1 recorded standard deviations
+    or its spread changed by more than 20 %.
+    """
+    rec = recorded.get("standardize") if isinstance(recorded, dict) else None
+    now = ds.info.transform.get("standardize")
+    if (
+        not rec
+        or not now
+        or rec.get("mean") == now.get("mean")
+        and rec.get("std") == now.get("std")
+    ):
+        return ds
+    m_rec, s_rec = np.asarray(rec["mean"]), np.asarray(rec["std"])
+    m_now, s_now = np.asarray(now["mean"]), np.asarray(now["std"])
+    if m_rec.shape != m_now.shape:
+        raise DataError(
+            f"{ds.info.name} has {m_now.size} columns but the run was trained on {m_rec.size}"
+        )
+    shift = np.abs(m_now - m_rec) / s_rec
+    ratio = s_now / s_rec
+    moved = [
+        c
+        for c, sh, r in zip(ds.info.transform.get("columns", []), shift, ratio, strict=False)
+        if sh > 0.1 or not 0.8 <= r <= 1.25
+    ]
+    if moved:
+        logger.warning(
+            "%s changed since training: column(s) %s have other statistics than recorded; "
+            "they are standardised with the recorded ones, as the model expects",
+            ds.info.name,
+            ", ".join(moved),
+        )
+    scale = torch.from_numpy((s_now / s_rec).astype(np.float32))
+    offset = torch.from_numpy(((m_now - m_rec) / s_rec).astype(np.float32))
+    splits = {s: ds.tensor(s) * scale + offset for s in ("train", "valid", "test")}
+    transform = {**ds.info.transform, "standardize": rec}
+    info = DatasetInfo(
+        ds.info.name,
+        ds.info.shape,
+        (
+            min(float(x.min()) for x in splits.values()),
+            max(float(x.max()) for x in splits.values()),
+        ),
+        ds.info.has_labels,
+        ds.info.likelihood,
+        ds.info.description,
+        transform,
     )
     return Dataset(info, splits)

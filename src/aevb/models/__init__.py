@@ -1,6 +1,7 @@
-"""Model variants (one file each) and the registry that builds them from a ModelConfig."""
+"""Model variants (one file each) behind one interface (``base.py``) and a registry."""
 
+from .base import LatentVariableModel
 from .registry import MODELS, build_model, register_model
 from .vae import VAE
 
-__all__ = ["MODELS", "VAE", "build_model", "register_model"]
+__all__ = ["MODELS", "VAE", "LatentVariableModel", "build_model", "register_model"]

@@ -66,6 +66,9 @@ class LatentVariableModel(nn.Module):
         """Closed-form KL(q || p) per group, or None (then the rate is estimated by Monte Carlo)."""
         return kl_divergence(q, p)
 
+    def data_init(self, x: Tensor) -> None:
+        """Initialise from a batch of training data ``[n, *event]`` before a fresh run (optional)."""
+
     # --- built on the interface ---------------------------------------------------------
     @torch.no_grad()
     def generate(

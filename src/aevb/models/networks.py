@@ -1,7 +1,8 @@
 """Encoder and decoder networks: small modules that map shapes to shapes.
 
-* encoders map ``[B, *event]`` to ``[B, 2 * latent_dim]`` (mu and logvar side by side);
-* decoders map ``[N, latent_dim]`` to ``[N, n_params, *event]``.
+* encoders map ``[B, *event]`` to ``[B, out_dim]`` (e.g. mu and logvar side by side);
+* decoders map ``[N, latent_dim]`` to ``[N, *out_shape]`` (the likelihood's ``param_shape``;
+  for convolutions its last two sizes are the image's H and W).
 
 ``mlp`` flattens the input; ``conv`` needs images ``(C, H, W)`` and halves the resolution
 with each stride-2 convolution (kernel 4, padding 1), mirrored by transposed convolutions
@@ -40,11 +41,11 @@ class MLPEncoder(nn.Module):
         self,
         event_shape: tuple[int, ...],
         hidden: tuple[int, ...],
-        latent_dim: int,
+        out_dim: int,
         activation: str,
     ):
         super().__init__()
-        self.net = mlp([math.prod(event_shape), *hidden, 2 * latent_dim], activation)
+        self.net = mlp([math.prod(event_shape), *hidden, out_dim], activation)
         self.event_dims = len(event_shape)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -58,10 +59,10 @@ class MLPDecoder(nn.Module):
         hidden: tuple[int, ...],
         latent_dim: int,
         activation: str,
-        n_params: int,
+        out_shape: tuple[int, ...],
     ):
         super().__init__()
-        self.out_shape = (n_params, *event_shape)
+        self.out_shape = tuple(out_shape)
         self.net = mlp([latent_dim, *reversed(hidden), math.prod(self.out_shape)], activation)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -92,7 +93,7 @@ class ConvEncoder(nn.Module):
         self,
         event_shape: tuple[int, ...],
         hidden: tuple[int, ...],
-        latent_dim: int,
+        out_dim: int,
         activation: str,
     ):
         super().__init__()
@@ -106,7 +107,7 @@ class ConvEncoder(nn.Module):
             ]
         self.conv = nn.Sequential(*layers)
         h, w = sizes[-1]
-        self.head = nn.Linear(chans[-1] * h * w, 2 * latent_dim)
+        self.head = nn.Linear(chans[-1] * h * w, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-3]
@@ -121,17 +122,21 @@ class ConvDecoder(nn.Module):
         hidden: tuple[int, ...],
         latent_dim: int,
         activation: str,
-        n_params: int,
+        out_shape: tuple[int, ...],
     ):
         super().__init__()
         self.sizes = conv_sizes(event_shape, len(hidden))
-        self.n_params, self.event_shape = n_params, tuple(event_shape)
+        self.out_shape = tuple(out_shape)
+        if self.out_shape[-2:] != tuple(event_shape[-2:]):
+            raise ConfigError(
+                f"a conv decoder emits images of size {event_shape[-2:]}, not {out_shape}"
+            )
         h, w = self.sizes[-1]
         self.top = (hidden[-1], h, w)
         self.fc = nn.Sequential(
             nn.Linear(latent_dim, hidden[-1] * h * w), ACTIVATIONS[activation]()
         )
-        chans = [n_params * event_shape[0], *hidden]
+        chans = [math.prod(self.out_shape[:-2]), *hidden]
         self.deconvs = nn.ModuleList(
             nn.ConvTranspose2d(chans[i + 1], chans[i], kernel_size=4, stride=2, padding=1)
             for i in reversed(range(len(hidden)))
@@ -146,7 +151,11 @@ class ConvDecoder(nn.Module):
             h = deconv(h, output_size=list(self.sizes[n - 1 - j]))
             if j < n - 1:
                 h = self.act(h)
-        return h.view(*lead, self.n_params, *self.event_shape)
+        return h.view(*lead, *self.out_shape)
+
+
+ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}
+DECODERS: dict[str, type[nn.Module]] = {"mlp": MLPDecoder, "conv": ConvDecoder}
 
 
 def build_networks(
@@ -155,19 +164,20 @@ def build_networks(
     hidden: tuple[int, ...],
     latent_dim: int,
     activation: str,
-    n_params: int,
+    out_shape: tuple[int, ...],
+    encoder_out: int | None = None,
 ) -> tuple[nn.Module, nn.Module]:
-    """(encoder, decoder) for ``arch`` in {'mlp', 'conv'}."""
-    if arch == "mlp":
-        return (
-            MLPEncoder(event_shape, hidden, latent_dim, activation),
-            MLPDecoder(event_shape, hidden, latent_dim, activation, n_params),
-        )
-    if arch == "conv":
-        if not hidden:
-            raise ConfigError("--arch conv needs at least one entry in --hidden (channels)")
-        return (
-            ConvEncoder(event_shape, hidden, latent_dim, activation),
-            ConvDecoder(event_shape, hidden, latent_dim, activation, n_params),
-        )
-    raise ConfigError(f"unknown --arch {arch!r}; choose mlp or conv")
+    """(encoder, decoder) for ``arch`` in {'mlp', 'conv'}.
+
+    The encoder emits ``encoder_out`` numbers (default ``2 * latent_dim``: mu and logvar);
+    the decoder maps ``latent_dim`` numbers to ``out_shape``.
+    """
+    if arch not in ENCODERS:
+        raise ConfigError(f"unknown --arch {arch!r}; choose one of {sorted(ENCODERS)}")
+    if arch == "conv" and not hidden:
+        raise ConfigError("--arch conv needs at least one entry in --hidden (channels)")
+    enc_out = 2 * latent_dim if encoder_out is None else encoder_out
+    return (
+        ENCODERS[arch](event_shape, hidden, enc_out, activation),
+        DECODERS[arch](event_shape, hidden, latent_dim, activation, out_shape),
+    )
