@@ -1,145 +1,351 @@
-"""Scoreboard: train the standard VAEs on statically binarized MNIST, report test log p(x).
+"""Scoreboard: train one named model on statically binarized MNIST, report test -log p(x).
 
-Models (both Bernoulli decoders, Gaussian encoders, Adam):
-  * ``burda``: the one-stochastic-layer VAE of Burda et al. (2015), 784-200-200-50, tanh;
-  * ``pytorch-example``: the PyTorch example's 784-400-20, ReLU.
+Usage (data from --data-dir, or downloaded with checksums)::
 
-Each is trained with ``aevb.train`` on the 50,000 training images (validation on the
-official 10,000) and scored on the 10,000 test images with ``aevb.evaluate``: log p(x)
-by importance sampling with K = 5000 (Burda et al.'s protocol), the negative ELBO,
-active units, wall times, and the machine. Results are appended as JSON lines to
-``--results`` and printed as a Markdown table with the published values beside them.
+    python benchmarks/scoreboard.py vae1 --data-dir ../shared/data     # run one row to completion
+    python benchmarks/scoreboard.py --list                               # the rows
+    python benchmarks/scoreboard.py --readme                             # regenerate the README table
 
-Usage (the data comes from --data-dir or is downloaded with checksums):
-    python benchmarks/scoreboard.py --data-dir ../shared/data --epochs 30
-    python benchmarks/scoreboard.py --data-dir ../shared/data --epochs 3280 --device cuda   # paper length
+A row trains with ``aevb.train`` on the 50,000 training images (early stopping on the
+official 10,000 validation images, the default for every row), then scores the 10,000
+test images with ``aevb.evaluate`` at K = 5000 importance samples (Burda et al.'s
+protocol), and a fixed 10,000-image subset of the training split the same way, so that
+overfitting shows. The weights of chosen epochs are kept as snapshots; each is scored on
+the test set at K = 1000 for the curve of test -log p(x) against training hours.
+
+An interrupted row resumes bit-exactly from its run directory (``runs/scoreboard/ROW``)
+when the same command is run again. Each finished row appends one JSON line to
+``benchmarks/results/scoreboard.jsonl``: the numbers, the exact command, the commit, the
+wall and CPU time of training, the machine, the epochs and the schedule. The README's
+scoreboard table is generated from that file (``--readme``), never edited by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "scoreboard.jsonl"
 
-import aevb
-from aevb.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+BURDA_NET = dict(hidden=(200, 200), activation="tanh", likelihood="bernoulli")
+# Our CPU schedule: batch 100, Adam eps 1e-4, 5 epochs of warm-up, then a cosine decay of the
+# learning rate to zero at the last epoch; early stopping on the validation neg-ELBO.
+CPU_SCHEDULE = dict(
+    batch_size=100, lr=1e-3, schedule="cosine", warmup_epochs=5.0, adam_eps=1e-4, patience=200
+)
+CURVE = (25, 100, 250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000)
 
-MODELS = {
-    "burda": dict(hidden=(200, 200), latent_dim=50, activation="tanh"),
-    "pytorch-example": dict(hidden=(400,), latent_dim=20, activation="relu"),
+# name -> (description, config fields, published -log p(x) or -ELBO with its reference)
+ROWS: dict[str, dict] = {
+    "vae1": {
+        "model": "VAE, 1 stochastic layer, Burda et al.'s 784-200-200-50 tanh",
+        "fields": dict(**BURDA_NET, latent_dim=50, epochs=1500, **CPU_SCHEDULE),
+        "schedule": "cpu: batch 100, Adam(eps 1e-4) lr 1e-3, 5-epoch warm-up, cosine to 0",
+        "published": ("88.71", "Burda et al. 2015, appendix"),
+    },
+    "vae1-burda": {
+        "model": "VAE, 1 stochastic layer, Burda et al.'s 784-200-200-50 tanh",
+        "fields": dict(**BURDA_NET, latent_dim=50, schedule="burda", patience=None),
+        "schedule": "burda: batch 20, Adam(eps 1e-4), 3^i epochs at 1e-3*10^(-i/7), i=0..7",
+        "published": ("88.71", "Burda et al. 2015, appendix"),
+    },
+    "vae2": {
+        "model": "VAE, 2 stochastic layers, Burda et al.'s 784-200-200-100-100-100-50 tanh",
+        "fields": dict(
+            **BURDA_NET,
+            model="hvae",
+            latent_dims=(100, 50),
+            hidden_top=(100, 100),
+            epochs=1500,
+            **CPU_SCHEDULE,
+        ),
+        "schedule": "cpu: batch 100, Adam(eps 1e-4) lr 1e-3, 5-epoch warm-up, cosine to 0",
+        "published": ("88.08", "Burda et al. 2015, appendix"),
+    },
+    "iwae1": {
+        "model": "IWAE (k = 5), 1 stochastic layer, 784-200-200-50 tanh",
+        "fields": dict(
+            **BURDA_NET, latent_dim=50, objective="iwae", k=5, epochs=1000, **CPU_SCHEDULE
+        ),
+        "schedule": "cpu: batch 100, Adam(eps 1e-4) lr 1e-3, 5-epoch warm-up, cosine to 0",
+        "published": ("87.10 (k = 50)", "Burda et al. 2015, appendix"),
+    },
+    "iwae2": {
+        "model": "IWAE (k = 5), 2 stochastic layers",
+        "fields": dict(
+            **BURDA_NET,
+            model="hvae",
+            latent_dims=(100, 50),
+            hidden_top=(100, 100),
+            objective="iwae",
+            k=5,
+            epochs=1000,
+            **CPU_SCHEDULE,
+        ),
+        "schedule": "cpu: batch 100, Adam(eps 1e-4) lr 1e-3, 5-epoch warm-up, cosine to 0",
+        "published": ("85.32 (k = 50)", "Burda et al. 2015, appendix"),
+    },
+    "vamp": {
+        "model": "VAE with a VampPrior (500 pseudo-inputs), 784-200-200-50 tanh",
+        "fields": dict(
+            **BURDA_NET,
+            latent_dim=50,
+            prior="vamp",
+            pseudo_inputs=500,
+            epochs=1000,
+            beta_schedule="linear",
+            beta_warmup_steps=50_000,
+            **CPU_SCHEDULE,
+        ),
+        "schedule": "cpu, with a linear KL warm-up over 100 epochs (as Tomczak & Welling)",
+        "published": ("85.57 (their gated 300-300, 40 latents)", "Tomczak & Welling 2018"),
+    },
+    "pytorch-example": {
+        "model": "the PyTorch example's 784-400-20 ReLU VAE",
+        "fields": dict(
+            hidden=(400,),
+            latent_dim=20,
+            activation="relu",
+            likelihood="bernoulli",
+            epochs=500,
+            **CPU_SCHEDULE,
+        ),
+        "schedule": "cpu: batch 100, Adam(eps 1e-4) lr 1e-3, 5-epoch warm-up, cosine to 0",
+        "published": ("—", "no published number for this architecture"),
+    },
 }
-PUBLISHED = [
-    ("VAE, 1 stochastic layer (Burda et al. 2015, appendix table)", "88.71", "K=5000"),
-    ("IWAE k=50, 1 stochastic layer (Burda et al. 2015)", "87.10", "K=5000"),
-    ("VAE (pythae reproduction)", "89.78", "200 importance samples"),
-]
 
 
 def machine() -> str:
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict:
-    config = RunConfig(
-        model=ModelConfig(likelihood="bernoulli", **MODELS[name]),
-        data=DataConfig(dataset="binarized-mnist", data_dir=args.data_dir),
-        train=TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            figures=True,
-            eval_batch_size=2000,
-        ),
-    )
-    run_dir = Path(args.runs) / f"{name}-e{args.epochs}"
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def run_row(name: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    import aevb
+    from aevb import checkpoint as ckpt
+    from aevb.data import Dataset
+
+    row = ROWS[name]
+    fields = dict(row["fields"])
+    fields.update(dataset="binarized-mnist", device=args.device, figures=True, eval_batch_size=2000)
+    if args.epochs is not None:  # a shorter run of the row (a check, not a scoreboard number)
+        fields["epochs"] = args.epochs
+    fields.setdefault("snapshot_epochs", tuple(e for e in CURVE if e <= fields.get("epochs", 3280)))
+    if args.data_dir:
+        fields["data_dir"] = str(Path(args.data_dir).resolve())
+    config = aevb.RunConfig().replace(**fields)
+    run = Path(args.runs) / name
+    clock = run / "scoreboard_clock.json"
+    spent = json.loads(clock.read_text()) if clock.is_file() else {"cpu_s": 0.0}
+
+    # 1. Train (or finish training): the same command resumes an interrupted row exactly.
+    if not (run / ckpt.MODEL_FILE).is_file():
+        cpu0 = _cpu_seconds()
+        try:
+            aevb.train(config, run, progress=not args.quiet)
+        finally:
+            if run.is_dir():
+                spent["cpu_s"] += _cpu_seconds() - cpu0
+                clock.write_text(json.dumps(spent))
+    metrics = ckpt.read_metrics(run)
+    state = json.loads(ckpt.load_tensors(run / ckpt.STATE_FILE)[1]["aevb"])["progress"]
+    model = aevb.load(run, device=args.device if args.device != "auto" else "cpu")
+    data = aevb.load_dataset(ckpt.load_config(run).data)
+
+    # 2. Score: test at K = 5000, a fixed training subset the same way, and the curve.
     t0 = time.perf_counter()
-    if (run_dir / "training_state.safetensors").exists():
-        result = aevb.resume(run_dir, epochs=args.epochs, progress=not args.quiet)
-    else:
-        result = aevb.train(config, run_dir, progress=not args.quiet)
-    train_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    res = aevb.evaluate(
-        result.model,
-        aevb.load_dataset(result.config.data),
-        "test",
-        k=args.k,
-        batch_size=args.eval_batch_size,
-        progress=not args.quiet,
-    )
-    eval_s = time.perf_counter() - t1
+    test = aevb.evaluate(model, data, "test", k=args.k, batch_size=500, progress=not args.quiet)
+    eval_s = time.perf_counter() - t0
+    subset = data.head("train", 10_000)
+    train_subset = Dataset(data.info, {"train": subset, "valid": subset, "test": subset})
+    train = aevb.evaluate(model, train_subset, "test", k=args.k, batch_size=500)
+    curve = []
+    for path in sorted((run / ckpt.SNAPSHOTS_DIR).glob("epoch-*.safetensors"), key=_epoch):
+        snap = aevb.load(run)
+        tensors, _ = ckpt.load_tensors(path)
+        snap.load_state_dict(tensors)
+        r = aevb.evaluate(snap, data, "test", k=args.curve_k, batch_size=500)
+        rec = next(m for m in metrics if m["epoch"] == _epoch(path))
+        curve.append(
+            {
+                "epoch": _epoch(path),
+                "train_hours": round(rec["wall_time_s"] / 3600, 4),
+                "test_neg_log_px": -r["log_px_iw"],
+                "test_neg_log_px_se": r["log_px_iw_se"],
+                "k": args.curve_k,
+            }
+        )
+    best = next((m for m in metrics if m["epoch"] == state.get("best_epoch")), metrics[-1])
     return {
-        "model": name,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
+        "row": name,
+        "model": row["model"],
+        "schedule": row["schedule"],
+        "published": row["published"][0],
+        "published_ref": row["published"][1],
         "k": args.k,
-        "test_log_px_iw": res["log_px_iw"],
-        "test_log_px_iw_se": res["log_px_iw_se"],
-        "test_neg_elbo": res["neg_elbo"],
-        "test_neg_elbo_se": res["neg_elbo_se"],
-        "active_units": res["active_units"],
-        "latent_dim": MODELS[name]["latent_dim"],
-        "train_seconds": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1),
+        "test_neg_log_px": -test["log_px_iw"],
+        "test_neg_log_px_se": test["log_px_iw_se"],
+        "test_neg_elbo": test["neg_elbo"],
+        "test_neg_elbo_se": test["neg_elbo_se"],
+        "train_subset_neg_log_px": -train["log_px_iw"],
+        "train_subset_neg_log_px_se": train["log_px_iw_se"],
+        "active_units": test["active_units"],
+        "active_units_per_group": test.get("active_units_per_group"),
+        "epochs_trained": metrics[-1]["epoch"],
+        "best_epoch": state.get("best_epoch"),
+        "best_valid_neg_elbo": best.get("valid_neg_elbo"),
+        "stopped_early": state.get("stopped_early"),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+        "train_wall_s": round(metrics[-1]["wall_time_s"], 1),
+        "train_cpu_s": round(spent["cpu_s"], 1),
+        "eval_s": round(eval_s, 1),
+        "curve": curve,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "commit": commit(),
         "machine": machine(),
-        "torch": torch.__version__,
-        "run_dir": str(run_dir),
+        "date": time.strftime("%Y-%m-%d"),
+        "run_dir": str(run),
+        "torch_version": torch.__version__,
     }
 
 
-def table(rows: list[dict]) -> str:
+def _epoch(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# --- the README table ---------------------------------------------------------------------
+BEGIN = "<!-- scoreboard:begin (generated by benchmarks/scoreboard.py --readme) -->"
+END = "<!-- scoreboard:end -->"
+
+
+def table(results: list[dict]) -> str:
+    latest: dict[str, dict] = {}
+    for r in results:
+        if "row" in r:
+            latest[r["row"]] = r  # the newest line of each row
     lines = [
-        "| model | training budget | test -log p(x), K=5000 (nats) | test neg-ELBO | active units | "
-        "train / eval time | machine |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+        "| row | model | schedule and budget | test −log p(x), K = 5000 | test −ELBO | "
+        "train-subset −log p(x) | active units | published | machine, commit |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in rows:
-        lines.append(
-            f"| aevb {r['model']} | {r['epochs']} epochs, batch {r['batch_size']}, Adam lr {r['lr']} | "
-            f"**{-r['test_log_px_iw']:.2f}** ± {r['test_log_px_iw_se']:.2f} | "
-            f"{r['test_neg_elbo']:.2f} ± {r['test_neg_elbo_se']:.2f} | "
-            f"{r['active_units']} / {r['latent_dim']} | {r['train_seconds']:.0f} s / {r['eval_seconds']:.0f} s | "
-            f"{r['machine']} |"
+    for name, r in latest.items():
+        au = r["active_units"]
+        groups = r.get("active_units_per_group")
+        if groups:
+            au = f"{au} ({', '.join(f'{k}: {v}' for k, v in groups.items())})"
+        budget = (
+            f"{r['schedule']}; {r['epochs_trained']} epochs (best {r['best_epoch']}), "
+            f"{r['train_wall_s'] / 3600:.2f} h wall, {r['train_cpu_s'] / 3600:.2f} h CPU"
         )
-    for label, value, how in PUBLISHED:
-        lines.append(f"| {label} | paper (3,280 epochs) | {value} ({how}) | | | | |")
+        lines.append(
+            f"| `{name}` | {r['model']} | {budget} | **{r['test_neg_log_px']:.2f}** ± "
+            f"{r['test_neg_log_px_se']:.2f} | {r['test_neg_elbo']:.2f} | "
+            f"{r['train_subset_neg_log_px']:.2f} | {au} | {r['published']} ({r['published_ref']}) | "
+            f"{r['machine']}, `{r['commit']}`, {r['date']} |"
+        )
+    curves = [
+        f"* `{name}`: "
+        + ", ".join(
+            f"{p['train_hours']:.2f} h → {p['test_neg_log_px']:.2f}" for p in r.get("curve", [])
+        )
+        for name, r in latest.items()
+        if r.get("curve")
+    ]
+    if curves:
+        lines += [
+            "",
+            "Test −log p(x) (K = 1000) against training hours, from each row's snapshots:",
+            "",
+        ]
+        lines += curves
     return "\n".join(lines)
+
+
+def write_readme(results: list[dict]) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} block to fill")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{table(results)}\n{END}{tail}")
+
+
+def read_results() -> list[dict]:
+    if not RESULTS.is_file():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="burda,pytorch-example")
+    p.add_argument("row", nargs="?", choices=sorted(ROWS), help="the row to run")
+    p.add_argument("--list", action="store_true", help="list the rows")
+    p.add_argument("--readme", action="store_true", help="regenerate the README table")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=5000)
-    p.add_argument("--eval-batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
-    p.add_argument("--runs", default="runs/scoreboard")
-    p.add_argument("--results", default="benchmarks/results/scoreboard.jsonl")
+    p.add_argument("--k", type=int, default=5000)
+    p.add_argument("--curve-k", type=int, default=1000)
+    p.add_argument("--runs", default=str(ROOT / "runs" / "scoreboard"))
+    p.add_argument("--epochs", type=int, default=None, help="override the row's epochs (a check)")
+    p.add_argument("--results", default=str(RESULTS), help="the JSON-lines file to append to")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    rows = []
-    for name in args.models.split(","):
-        row = run_one(name, args)
-        rows.append(row)
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
-    print()
-    print(table(rows))
+    if args.list:
+        for name, row in ROWS.items():
+            print(f"{name:16s} {row['model']}; {row['schedule']}; published {row['published'][0]}")
+        return
+    if args.readme:
+        write_readme(read_results())
+        return
+    if not args.row:
+        p.error("give a ROW (see --list)")
+    result = run_row(args.row, args)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=1))
 
 
 if __name__ == "__main__":
