@@ -632,6 +632,13 @@ class _NoteFormatter(logging.Formatter):
         return f"aevb {self.command}: note: {record.getMessage()}"
 
 
+def _on_rank_zero(record: logging.LogRecord) -> bool:
+    """Notes are printed once, by rank 0, when several processes train together."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _one_line(e: BaseException) -> str:
     """An exception's message on one line (a worker's traceback text is dropped)."""
     text = str(e).strip()
@@ -658,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         logger = logging.getLogger("aevb")
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_NoteFormatter(command))
+        handler.addFilter(_on_rank_zero)
         logger.addHandler(handler)
         logger.propagate = False
         try:
@@ -666,11 +674,14 @@ def main(argv: list[str] | None = None) -> int:
             logger.removeHandler(handler)
             logger.propagate = True
     except AevbError as e:
-        from .distributed import rank_tag  # "" in one process, " on rank R of N" under torchrun
+        from .distributed import is_main, rank_tag  # rank_tag: " on rank R of N" under torchrun
 
         code = getattr(e, "exit_code", EXIT_ERROR)
-        kind = "interrupted" if code == EXIT_INTERRUPTED else "error"
-        print(f"aevb {command}: {kind}{rank_tag()}: {_one_line(e)}", file=sys.stderr)
+        if code == EXIT_INTERRUPTED:  # every rank stopped together; rank 0 says what was saved
+            if is_main():
+                print(f"aevb {command}: interrupted: {_one_line(e)}", file=sys.stderr)
+            return code
+        print(f"aevb {command}: error{rank_tag()}: {_one_line(e)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print(f"aevb {command}: interrupted", file=sys.stderr)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -331,14 +331,15 @@ def check_batch_size(batch_size: int, world_size: int) -> None:
 
 # --- launching ------------------------------------------------------------------------
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node N -m aevb ARGV``.
+    """``python -m aevb.torchrun --standalone --nproc-per-node N -m aevb ARGV`` (torchrun).
 
-    ``--standalone`` starts a rendezvous on a free local port (no fixed port to collide).
+    ``--standalone`` starts a rendezvous on a free local port (no fixed port to collide);
+    :mod:`aevb.torchrun` is torchrun with a quiet Ctrl-C.
     """
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "aevb.torchrun",
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
@@ -347,28 +348,11 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     ]
 
 
-def exit_process(code: int) -> NoReturn:
-    """End a ``python -m aevb`` process; a torchrun worker skips interpreter shutdown.
-
-    Why: DistributedDataParallel keeps the Gloo process group (and its worker threads)
-    alive after ``destroy_process_group`` (torch 2.13), and a worker thread that frees the
-    last collective's tensors while the interpreter shuts down aborts the process
-    (SIGABRT, "terminate called without an active exception") after a successful run:
-    about one run in ten on a busy 2-core machine. Every file is written atomically and
-    closed by then, so the worker flushes its output and leaves at once.
-    """
-    if launched_by_torchrun():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    raise SystemExit(code)
-
-
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``aevb ARGV`` in ``nproc`` processes on this machine under torchrun.
 
     Returns:
-        torchrun's exit status (0 when every rank succeeded).
+        torchrun's exit status (0 when every rank succeeded, 130 after Ctrl-C).
     """
     env = dict(os.environ)
     # torchrun would set 1 thread per process; share the cores instead (CPU training).
@@ -377,6 +361,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        # Ctrl-C reached torchrun and the workers as well: let them checkpoint and stop.
+        # Ctrl-C reached torchrun and the workers as well: they checkpoint and stop, and
+        # rank 0 says what was saved.
         proc.wait()
-        raise
+        return 130

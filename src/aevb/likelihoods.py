@@ -128,6 +128,15 @@ class _Gaussian(Likelihood):
     def _sigma(self, params: Tensor) -> Tensor | float:
         raise NotImplementedError
 
+    def check_data(self, x: Tensor) -> None:
+        super().check_data(x)
+        big = float(x.abs().max()) if x.numel() else 0.0
+        if big > 1e15:  # (x - mu)^2 / sigma^2 overflows float32 long before x itself does
+            raise DataError(
+                f"data values reach {big:.3g}: a Gaussian likelihood squares them, which "
+                "overflows float32; standardise or rescale the data"
+            )
+
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         mu = self.param(params, 0)
         return log_normal_sigma(x, mu, self._sigma(params), self.event_dims)

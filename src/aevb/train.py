@@ -49,7 +49,7 @@ from . import checkpoint as ckpt
 from . import distributed, rundir
 from .accumulate import MeanAccumulator, all_reduce_
 from .config import DataConfig, RunConfig
-from .data import DATASETS, PYTHON_SOURCE, Dataset, load_dataset, shard_range
+from .data import DATASETS, PYTHON_SOURCE, Dataset, check_options_apply, load_dataset, shard_range
 from .errors import AevbError, ConfigError, TrainingInterrupted
 from .evaluate import evaluate_objective
 from .models import LatentVariableModel, build_model
@@ -163,7 +163,12 @@ def record_source(data: DataConfig) -> DataConfig:
 
 
 def effective_batch_size(batch_size: int, n_train: int) -> int:
-    """The global batch: ``batch_size``, or the whole training split when it is smaller."""
+    """The global batch: ``batch_size``, or the whole training split when it is smaller.
+
+    Each rank's loss is the sum over its share divided by the global batch size, so shards
+    of unequal size (the whole split of an odd size, say) still average exactly as one
+    process does.
+    """
     if batch_size > n_train:
         logger.warning(
             "--batch-size %d exceeds the %d training examples: each step uses the whole "
@@ -267,13 +272,9 @@ class Session:
     best_weights: dict[str, Tensor] | None = None
     config_written: bool = False
     last_checkpoint_step: int = -1
-    start_step: int = 0  # where this command began
-    skipped_at_start: int = 0
-    skipped_in_epoch: int = 0  # as of the last check
-
-    def good_steps_this_command(self) -> int:
-        skipped = self.prog.skipped_steps - self.skipped_at_start + self.skipped_in_epoch
-        return self.prog.step - self.start_step - skipped
+    good_steps: int = 0  # steps this command applied (not skipped), as of the last check
+    good_before_epoch: int = 0
+    last_batch: tuple[Tensor, Tensor | None] | None = None  # to check weights before a save
 
 
 def _setup(
@@ -288,6 +289,7 @@ def _setup(
     device = ctx.device
     # Data: one tensor per split on the device (or batches read from disk).
     if dataset is None:
+        check_options_apply(config.data)
         dataset = load_dataset(config.data)
         config = replace(config, data=record_source(config.data))
     else:  # data handed over from Python: say so, rather than name a source it did not come from
@@ -297,7 +299,8 @@ def _setup(
     resume = resume or _continues(run_dir, status, config)
     dataset.to(device)
     batch_size = effective_batch_size(tc.batch_size, dataset.size("train"))
-    distributed.check_batch_size(batch_size, ctx.world_size)
+    if batch_size == tc.batch_size:  # the whole (small) split may split unevenly over ranks
+        distributed.check_batch_size(batch_size, ctx.world_size)
     spe = dataset.steps_per_epoch(batch_size)
 
     # Model, objective and optimizer, seeded: every rank builds the same ones.
@@ -351,8 +354,6 @@ def _setup(
         best_weights,
         config_written=not resume,
         last_checkpoint_step=prog.step if resume else -1,
-        start_step=prog.step,
-        skipped_at_start=prog.skipped_steps,
     )
 
 
@@ -456,7 +457,7 @@ def _run(s: Session, stop: _StopFlag, bar: tqdm, t0: float) -> None:
             f"{max(s.last_checkpoint_step, 0)}): continue with `aevb train --resume {s.run_dir}`"
         ) from None
     if stop and prog.step < s.n_steps and not prog.stopped_early:
-        _checkpoint(s, t0)
+        _checkpoint(s, t0, check_weights=True)
         raise TrainingInterrupted(
             f"interrupted at step {prog.step}; the training state is saved in {s.run_dir}: "
             f"continue with `aevb train --resume {s.run_dir}`"
@@ -478,7 +479,9 @@ def _train_epoch(
     acc = MeanAccumulator()
     skipped = torch.zeros((), device=device)
     run_of_bad = torch.zeros((), device=device)
+    s.good_before_epoch = s.good_steps
     params = [p for p in s.model.parameters() if p.requires_grad]
+    epoch_start = prog.step
     batches = s.dataset.train_batches(
         s.batch_size,
         tc.seed,
@@ -508,19 +511,20 @@ def _train_epoch(
         bad = distributed.any_rank(bad)
         _optimizer_step(s.optimizer, bad)
         acc.add(mask=~bad, **out.per_example())
+        s.last_batch = (x, y)
         skipped = skipped + bad
         run_of_bad = (run_of_bad + 1) * bad
         prog.step += 1
         bar.update(1)
         at_check = prog.step % tc.log_every == 0
         if at_check:
-            _check_divergence(s, run_of_bad, skipped)
+            _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
             if not bar.disable and acc.n:
                 mean = float(acc.sums["neg_elbo"]) / acc.n  # this rank's slice only
                 bar.set_postfix_str(f"epoch {prog.epoch + 1} neg-ELBO {mean:.3f} nats")
         if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
-            _check_divergence(s, run_of_bad, skipped)
-            _checkpoint(s, t0)
+            _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
+            _checkpoint(s, t0, check_weights=True)
         if prog.step >= s.n_steps:
             break
         # Stop at a step boundary; several processes agree on it every log_every steps.
@@ -530,7 +534,7 @@ def _train_epoch(
         elif at_check and distributed.any_rank_flag(bool(stop)):
             stop.signum = stop.signum or signal.SIGINT
             break
-    _check_divergence(s, run_of_bad, skipped)
+    _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
     return acc, skipped
 
 
@@ -545,9 +549,12 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, bad: Tensor) -> None:
         optimizer.step()
 
 
-def _check_divergence(s: Session, run_of_bad: Tensor, skipped: Tensor) -> None:
-    """Stop cleanly after ``--max-skipped-steps`` non-finite steps in a row, saying why (a host sync)."""
-    s.skipped_in_epoch = int(skipped)
+def _check_divergence(s: Session, run_of_bad: Tensor, skipped: Tensor, taken: int) -> None:
+    """Stop cleanly after ``--max-skipped-steps`` non-finite steps in a row, saying why.
+
+    ``taken`` steps of this epoch ran so far, ``skipped`` of them were skipped (a host sync).
+    """
+    s.good_steps = s.good_before_epoch + taken - int(skipped)
     run = int(run_of_bad)
     if run < s.config.train.max_skipped_steps:
         return
@@ -566,7 +573,7 @@ def _divergence_message(s: Session, what: str) -> str:
     lo, hi = s.dataset.info.value_range
     if not math.isfinite(weights):
         cause = f"the weights became non-finite under --lr {tc.lr:g}: lower --lr or set --grad-clip"
-    elif s.good_steps_this_command() == 0:
+    elif s.good_steps == 0:
         cause = (
             f"the loss is not finite even at the starting weights, so the cause is the data "
             f"(values span [{lo:.3g}, {hi:.3g}]) or the model settings (--likelihood "
@@ -592,7 +599,6 @@ def _end_epoch(
     """Validate, log one metrics line, apply early stopping, checkpoint."""
     prog, tc = s.prog, s.config.train
     prog.skipped_steps += int(distributed.all_reduce_sum(skipped.clone()))
-    s.skipped_in_epoch = 0
     if epoch_done:
         prog.epoch += 1
         prog.epoch_start_step = prog.step
@@ -646,10 +652,19 @@ def _log_epoch(s: Session, acc: MeanAccumulator, t0: float) -> dict[str, Any]:
     return record
 
 
-def _checkpoint(s: Session, t0: float) -> None:
-    """Write the training state (rank 0), refusing non-finite weights; then, on a resume, the config."""
+def _checkpoint(s: Session, t0: float, check_weights: bool = False) -> None:
+    """Write the training state (rank 0), refusing non-finite weights; then, on a resume, the config.
+
+    With ``check_weights`` (a save between validations: ``--checkpoint-every``, Ctrl-C) the
+    current weights must also give a finite objective on the last training batch; finite
+    weights can still be poisoned (a variance that overflows), and such a state is not saved.
+    """
     if s.last_checkpoint_step == s.prog.step:
         return
+    if check_weights and s.last_batch is not None and not _weights_give_finite_loss(s):
+        raise AevbError(
+            _divergence_message(s, "the objective is not finite at the current weights")
+        )
     s.prog.wall_time_s = time.perf_counter() - t0
     try:
         distributed.on_main(
@@ -667,6 +682,17 @@ def _checkpoint(s: Session, t0: float) -> None:
     if not s.config_written:  # the new settings have produced a good state: record them
         distributed.on_main(ckpt.save_config, s.run_dir, s.config, _info_dict(s.dataset))
         s.config_written = True
+
+
+@torch.no_grad()
+def _weights_give_finite_loss(s: Session) -> bool:
+    """The objective (beta 1, exact samples) on the last training batch, at the current weights."""
+    x, y = s.last_batch
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        eps = s.model.latent.noise.draw(s.objective.num_samples, len(x), x.device)
+        out = s.objective(s.model, x, y, eps, {"beta": 1.0}, train=False)
+    ok = torch.isfinite(out.loss).all()
+    return bool(distributed.any_rank(~ok).logical_not())
 
 
 # --- 3. the artifact ------------------------------------------------------------------------

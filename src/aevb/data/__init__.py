@@ -26,7 +26,7 @@ from .base import SPLITS, Dataset, DatasetInfo, epoch_permutation, shard_range
 from .binarize import binarize_dataset
 from .download import data_root
 from .images import load_image_folder
-from .registry import DATASETS, register_dataset
+from .registry import DATASETS, SPLIT_OPTIONS, register_dataset
 from .streaming import StreamingDataset
 from .tables import load_csv
 from .tensors import from_tensor, from_torch_dataset
@@ -53,6 +53,50 @@ def load_dataset(config: DataConfig) -> Dataset:
     """
     check_data_config(config)
     return binarize_dataset(_load(config), config.binarize, config.split_seed)
+
+
+# Settings that only some sources use; `aevb train` refuses them elsewhere (they would be
+# silently ignored). dataset and binarize apply to every source.
+SOURCE_SPECIFIC = (
+    "data_dir",
+    "split_seed",
+    "valid_fraction",
+    "test_fraction",
+    "synthetic_size",
+    "image_size",
+    "columns",
+    "memory_budget_mb",
+    "num_workers",
+)
+FILE_OPTIONS = {
+    ".npy": SPLIT_OPTIONS,
+    ".npz": SPLIT_OPTIONS,
+    ".csv": ("columns", *SPLIT_OPTIONS),
+}
+FOLDER_OPTIONS = ("image_size", "memory_budget_mb", "num_workers", *SPLIT_OPTIONS)
+
+
+def check_options_apply(config: DataConfig) -> None:
+    """Refuse data settings the chosen source would ignore (``--columns`` with a .npy, ...).
+
+    Raises:
+        DataError: naming the setting, the source, and what to do.
+    """
+    name = config.dataset
+    if name in DATASETS:
+        options, what = DATASETS[name].options, name
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            options, what = FOLDER_OPTIONS, "an image folder"
+        else:
+            options, what = FILE_OPTIONS.get(path.suffix.lower(), ()), f"a {path.suffix} file"
+    used = set(options) | ({"split_seed"} if config.binarize == "dynamic" else set())
+    defaults = DataConfig()
+    for field in SOURCE_SPECIFIC:
+        if field not in used and getattr(config, field) != getattr(defaults, field):
+            flag = "--" + field.replace("_", "-")
+            raise DataError(f"{flag} does not apply to {what}, which would ignore it; drop {flag}")
 
 
 def check_data_config(config: DataConfig) -> None:

@@ -79,6 +79,7 @@ def parse_amat(content: bytes, name: str = "amat") -> np.ndarray:
     "binarized-mnist",
     "statically binarized MNIST (Larochelle & Murray 2011): (1, 28, 28) in {0, 1}, no labels, "
     "official 50,000/10,000/10,000 splits; bernoulli",
+    options=("data_dir",),
 )
 def load_binarized_mnist(config: DataConfig) -> Dataset:
     """The three official splits as float32 ``[N, 1, 28, 28]`` tensors of 0s and 1s."""

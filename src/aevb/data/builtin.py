@@ -8,7 +8,7 @@ import torch
 
 from ..config import DataConfig
 from .base import Dataset, DatasetInfo, random_splits
-from .registry import register_dataset
+from .registry import SPLIT_OPTIONS, register_dataset
 
 
 @register_dataset(
@@ -58,6 +58,7 @@ def _synthetic(name: str, x: torch.Tensor, config: DataConfig, description: str,
     "ring",
     "2-D ring made from normal noise, z ~ N(0, I), x = z/10 + z/||z|| (the paper's "
     "'any distribution from normals' argument); --synthetic-size points; gaussian-shared",
+    options=("synthetic_size", *SPLIT_OPTIONS),
 )
 def load_ring(config: DataConfig) -> Dataset:
     g = torch.Generator().manual_seed(config.split_seed)
@@ -70,6 +71,7 @@ def load_ring(config: DataConfig) -> Dataset:
     "moons",
     "2-D two interleaved half-moons (scikit-learn make_moons, noise 0.05), labels 0/1; "
     "gaussian-shared",
+    options=("synthetic_size", *SPLIT_OPTIONS),
 )
 def load_moons(config: DataConfig) -> Dataset:
     from sklearn.datasets import make_moons
@@ -88,6 +90,7 @@ def load_moons(config: DataConfig) -> Dataset:
     "gaussians",
     "2-D mixture of 8 Gaussians (std 0.1) evenly spaced on the unit circle, labels 0-7; "
     "gaussian-shared",
+    options=("synthetic_size", *SPLIT_OPTIONS),
 )
 def load_gaussians(config: DataConfig) -> Dataset:
     g = torch.Generator().manual_seed(config.split_seed)

@@ -23,7 +23,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .base import Dataset, DatasetInfo, holdout_valid
 from .download import RemoteFile, data_root, fetch
-from .registry import register_dataset
+from .registry import OFFICIAL_TEST, register_dataset
 
 FOLDER = "cifar10"
 # SHA-256 and size: TensorFlow Datasets, tensorflow_datasets/url_checksums/cifar10.txt.
@@ -81,6 +81,7 @@ def read_archive(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     "cifar10",
     "CIFAR-10 (official binary version): (3, 32, 32) in [0, 1], labels 0-9; official 50,000 train "
     "(a seeded --valid-fraction held out for validation) / 10,000 test; gaussian-pixel",
+    options=OFFICIAL_TEST,
 )
 def load_cifar10(config: DataConfig) -> Dataset:
     folder = data_root(config.data_dir) / FOLDER

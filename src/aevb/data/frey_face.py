@@ -24,7 +24,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .base import Dataset, DatasetInfo, random_splits
 from .download import RemoteFile, data_root, read_verified
-from .registry import register_dataset
+from .registry import SPLIT_OPTIONS, register_dataset
 
 FOLDER = "frey_face"
 FILE = RemoteFile("frey_rawface.mat", ("https://cs.nyu.edu/~roweis/data/frey_rawface.mat",), None)
@@ -58,6 +58,7 @@ def parse_frey(content: bytes, name: str = FILE.name) -> np.ndarray:
     "frey-face",
     "Frey Face video frames (the VAE paper's continuous data): 1,965 images (1, 28, 20) in [0, 1], "
     "no labels; 80/10/10 split from --split-seed; gaussian-decoded",
+    options=("data_dir", *SPLIT_OPTIONS),
 )
 def load_frey_face(config: DataConfig) -> Dataset:
     folder = data_root(config.data_dir) / FOLDER

@@ -25,7 +25,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .base import Dataset, DatasetInfo, holdout_valid
 from .download import RemoteFile, data_root, read_verified
-from .registry import register_dataset
+from .registry import OFFICIAL_TEST, register_dataset
 
 _IDX_TYPES = {
     0x08: np.dtype(">u1"),
@@ -247,16 +247,20 @@ _DOC = (
 )
 
 
-@register_dataset("mnist", f"MNIST handwritten digits, IDX: {_DOC}")
+@register_dataset("mnist", f"MNIST handwritten digits, IDX: {_DOC}", options=OFFICIAL_TEST)
 def load_mnist(config: DataConfig) -> Dataset:
     return load_idx_dataset(MNIST, config)
 
 
-@register_dataset("fashion-mnist", f"Fashion-MNIST clothing (Zalando), IDX: {_DOC}")
+@register_dataset(
+    "fashion-mnist", f"Fashion-MNIST clothing (Zalando), IDX: {_DOC}", options=OFFICIAL_TEST
+)
 def load_fashion_mnist(config: DataConfig) -> Dataset:
     return load_idx_dataset(FASHION_MNIST, config)
 
 
-@register_dataset("kmnist", f"Kuzushiji-MNIST cursive Japanese characters, IDX: {_DOC}")
+@register_dataset(
+    "kmnist", f"Kuzushiji-MNIST cursive Japanese characters, IDX: {_DOC}", options=OFFICIAL_TEST
+)
 def load_kmnist(config: DataConfig) -> Dataset:
     return load_idx_dataset(KMNIST, config)

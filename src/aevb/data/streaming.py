@@ -143,8 +143,11 @@ class StreamingDataset(Dataset):
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # keeps the loader off the global RNG
         )
-        for idx, x in zip(batches, loader, strict=True):
-            yield self._binarize(x, split, idx, eval_split).to(self.device, non_blocking=True)
+        try:
+            for idx, x in zip(batches, loader, strict=True):
+                yield self._binarize(x, split, idx, eval_split).to(self.device, non_blocking=True)
+        except DataError as e:  # raised in a worker: keep its message, drop its traceback
+            raise DataError(_worker_message(str(e))) from None
 
     def _binarize(self, x: Tensor, split: str, idx: list[int], eval_split: str | None) -> Tensor:
         from .binarize import binarize_fixed, binarize_threshold
@@ -159,3 +162,11 @@ class StreamingDataset(Dataset):
         if split not in self.sources:
             raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
         return self.sources[split]
+
+
+def _worker_message(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else text
+    prefix = "aevb.errors.DataError: "
+    return last[len(prefix) :] if last.startswith(prefix) else last

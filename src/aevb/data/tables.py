@@ -42,7 +42,13 @@ def read_csv_columns(path: Path, columns: str | None) -> tuple[list[str], np.nda
             if unknown:
                 raise DataError(f"{path} has no column(s) {unknown}; its columns are {header}")
             if len(set(wanted)) != len(wanted):
-                raise DataError(f"--columns names a column twice: {wanted}")
+                twice = sorted({c for c in wanted if wanted.count(c) > 1})
+                if columns:
+                    raise DataError(f"--columns names {twice} twice; name each column once")
+                raise DataError(
+                    f"{path}'s header names column(s) {twice} twice; rename them, or pick "
+                    "columns with --columns"
+                )
             picks = [header.index(c) for c in wanted]
             values: list[list[str]] = []
             lines: list[int] = []
@@ -75,6 +81,12 @@ def _parse_column(cells: np.ndarray, name: str, lines: list[int], path: Path) ->
     except ValueError:
         col = None
     if col is not None and np.isfinite(col).all():
+        big = float(np.abs(col).max()) if len(col) else 0.0
+        if big > 1e30:
+            raise DataError(
+                f"{path}: column {name!r} holds values up to {big:.3g}, too large to compute "
+                "with in float32; rescale the column"
+            )
         return col
     for k, cell in enumerate(cells):  # slow path, only to name the offending line
         text = str(cell).strip()
