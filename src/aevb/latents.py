@@ -189,15 +189,16 @@ class Posterior:
         """Exact samples of q, ``[S, B, *z]``, on which :meth:`log_prob` is a true density."""
         return self.rsample(eps)
 
-    def sample_and_log_prob(self, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`sample` and its log q(z|x) ``[S, B]`` (override when one pass gives both)."""
+    def sample_and_log_prob(self, eps: Tensor, groups: bool = False) -> tuple[Tensor, Tensor]:
+        """:meth:`sample` and its log q(z|x) ``[S, B]`` (``[S, B, G]`` with ``groups``);
+        override when one pass gives both."""
         z = self.sample(eps)
-        return z, self.log_prob(z)
+        return z, self.log_prob(z, groups)
 
-    def rsample_and_log_prob(self, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`rsample` and its log q(z|x) ``[S, B]``, differentiable (IWAE training)."""
+    def rsample_and_log_prob(self, eps: Tensor, groups: bool = False) -> tuple[Tensor, Tensor]:
+        """:meth:`rsample` and its log q(z|x), differentiable (IWAE training, Monte-Carlo KL)."""
         z = self.rsample(eps)
-        return z, self.log_prob(z)
+        return z, self.log_prob(z, groups)
 
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
         """log q(z|x) in nats: ``[S, B, *z]`` -> ``[S, B]`` (``[S, B, G]`` with ``groups``)."""
@@ -291,11 +292,11 @@ class DiagonalGaussian(Posterior):
     def rsample(self, eps: Tensor, temperature: float | None = None) -> Tensor:
         return self.mu + self.std * eps
 
-    def sample_and_log_prob(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, eps: Tensor, groups: bool = False) -> tuple[Tensor, Tensor]:
         # (z - mu) / sigma is eps itself: log q needs no division, and no cancellation.
         z = self.rsample(eps)
         log_q = -0.5 * (LOG_2PI + self.logvar + eps.pow(2)).sum(-1)
-        return z, log_q
+        return z, (log_q.unsqueeze(-1) if groups else log_q)
 
     rsample_and_log_prob = sample_and_log_prob  # the same expression, differentiable
 

@@ -68,16 +68,9 @@ def importance_terms(
     ``reparameterised`` keeps the samples differentiable (IWAE training); otherwise they
     are q's exact samples (estimation).
     """
-    z, log_qz = q.rsample_and_log_prob(eps) if reparameterised else q.sample_and_log_prob(eps)
-    log_qz = _groups(q, z, log_qz)
+    sample = q.rsample_and_log_prob if reparameterised else q.sample_and_log_prob
+    z, log_qz = sample(eps, groups=True)
     return ImportanceTerms(z, model.log_likelihood(x, z, y), p.log_prob(z, groups=True), log_qz)
-
-
-def _groups(q: Posterior, z: Tensor, log_qz: Tensor) -> Tensor:
-    """log q per group ``[S, B, G]`` (one group: the total itself, no second pass)."""
-    if getattr(q, "num_groups", 1) == 1:
-        return log_qz.unsqueeze(-1)
-    return q.log_prob(z, groups=True)
 
 
 @dataclass(frozen=True)
@@ -225,15 +218,18 @@ class ELBO(Objective):
 
     def __call__(self, model, x, y, eps, hyper, train=True):
         q, p = model.posterior(x, y), model.prior(y)
-        z = q.rsample(eps, hyper.get("tau")) if train else q.sample(eps)  # [L, B, *z]
-        recon_nll = -model.log_likelihood(x, z, y).mean(0)
         kl = model.kl(q, p)
-        if kl is None:  # Monte Carlo over the same samples
-            kl = KLTerms((q.log_prob(z, groups=True) - p.log_prob(z, groups=True)).mean(0))
+        if kl is None:  # Monte Carlo over the same samples: log q(z|x) - log p(z), per group
+            sample = q.rsample_and_log_prob if train else q.sample_and_log_prob
+            z, log_q = sample(eps, groups=True)  # [L, B, *z], [L, B, G]
+            kl = KLTerms((log_q - p.log_prob(z, groups=True)).mean(0))
+        else:
+            z = q.rsample(eps, hyper.get("tau")) if train else q.sample(eps)  # [L, B, *z]
+        recon_nll = -model.log_likelihood(x, z, y).mean(0)
         total = kl.total
         if train:
             penalty = free_bits(kl, self.threshold, self.per) if self.threshold > 0 else total
-            loss = recon_nll + hyper["beta"] * penalty
+            loss = recon_nll + hyper.get("beta", 1.0) * penalty
         else:
             loss = recon_nll + total
         if q.aux_loss is not None:
