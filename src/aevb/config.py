@@ -344,6 +344,17 @@ class HVAEConfig:
             raise ConfigError(f"--hidden-top sizes must be >= 1, got {self.hidden_top}")
 
 
+@register_section("dmol", ("model", "likelihood"), "dmol")
+@dataclass(frozen=True)
+class DMOLConfig:
+    """The discretized logistic mixture likelihood of 8-bit images (Salimans et al. 2017)."""
+
+    mixtures: int = _f(10, "logistic mixture components per pixel")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "mixtures")
+
+
 # --- the run config -------------------------------------------------------------------------
 
 

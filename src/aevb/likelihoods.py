@@ -1,9 +1,11 @@
 """Decoder likelihoods p(x|z), one registry.
 
-A decoder network emits ``n_params`` numbers per data element; the likelihood turns them
+A decoder network emits ``param_shape`` numbers per example; the likelihood turns them
 into a log-density (``log_prob``), a mean (for pictures) and samples. Shapes: data ``x`` is
-``[B, *event]``; decoder output ``params`` is ``[..., B, n_params, *event]`` (the leading
-``...`` is the L Monte-Carlo samples); ``log_prob`` returns ``[..., B]`` in nats.
+``[B, *event]``; decoder output ``params`` is ``[..., B, *param_shape]`` (the leading
+``...`` is the L Monte-Carlo samples); ``log_prob`` returns ``[..., B]`` in nats. Most
+likelihoods have ``n_params`` numbers per data element, ``param_shape = (n_params, *event)``;
+the discretized logistic mixture has per-pixel parameters and its own ``param_shape``.
 
 Learned standard deviations are ``sigma = sigma_min + softplus(raw)``: always positive and
 bounded away from zero, so the Gaussian log-density cannot run off to +inf/NaN.
@@ -14,14 +16,24 @@ Add a likelihood by subclassing :class:`Likelihood` and decorating it with
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distributions import log_bernoulli, log_normal_sigma
+from .distributions import (
+    DEFAULT_MIN_LOG_SCALE,
+    log_bernoulli,
+    log_discretized_logistic_mixture,
+    log_normal_sigma,
+    mean_discretized_logistic_mixture,
+    sample_discretized_logistic_mixture,
+)
 from .errors import ConfigError, DataError
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {}
@@ -34,12 +46,22 @@ def register_likelihood(cls: type[Likelihood]) -> type[Likelihood]:
 
 
 def build_likelihood(
-    name: str, event_shape: tuple[int, ...], sigma: float, sigma_min: float
+    name: str, event_shape: tuple[int, ...], sigma: float, sigma_min: float, **options: Any
 ) -> Likelihood:
     """Instantiate the likelihood registered as ``name`` for data of ``event_shape``."""
     if name not in LIKELIHOODS:
         raise ConfigError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
-    return LIKELIHOODS[name](event_shape, sigma=sigma, sigma_min=sigma_min)
+    return LIKELIHOODS[name](event_shape, sigma=sigma, sigma_min=sigma_min, **options)
+
+
+def likelihood_from_config(config: Any, sections: Mapping[str, Any]) -> Likelihood:
+    """The likelihood of a model's config section, with its own section's settings
+    (``--mixtures`` for ``dmol``) when it has one."""
+    section = sections.get(config.likelihood)
+    options = dataclasses.asdict(section) if section is not None else {}
+    return build_likelihood(
+        config.likelihood, tuple(config.input_shape), config.sigma, config.sigma_min, **options
+    )
 
 
 def _inverse_softplus(y: float) -> float:
@@ -52,6 +74,9 @@ class Likelihood(nn.Module):
     name: ClassVar[str]
     n_params: ClassVar[int] = 1
     description: ClassVar[str] = ""
+    # log_prob is a probability of the data's discrete values, so bits/dim are honest
+    # (False: a density of continuous values, whose bits/dim depend on the data's scale).
+    discrete: ClassVar[bool] = False
 
     def __init__(self, event_shape: tuple[int, ...], sigma: float = 0.1, sigma_min: float = 1e-3):
         super().__init__()
@@ -60,7 +85,10 @@ class Likelihood(nn.Module):
 
     @property
     def param_shape(self) -> tuple[int, ...]:
-        """Shape of the decoder's output per example (``(n_params, *event)`` by default)."""
+        """Shape of the decoder output for one example: ``params`` is ``[..., B, *param_shape]``.
+
+        By default ``(n_params, *event_shape)``: ``n_params`` numbers per data element.
+        """
         return (self.n_params, *self.event_shape)
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
@@ -77,11 +105,11 @@ class Likelihood(nn.Module):
         return params.squeeze(dim) if self.n_params == 1 else params.select(dim, i)
 
     def mean(self, params: Tensor) -> Tensor:
-        """E[x|z]: ``[..., n_params, *event]`` -> ``[..., *event]``."""
+        """E[x|z]: ``[..., *param_shape]`` -> ``[..., *event]``."""
         raise NotImplementedError
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x ~ p(x|z): ``[..., n_params, *event]`` -> ``[..., *event]``."""
+        """x ~ p(x|z): ``[..., *param_shape]`` -> ``[..., *event]``."""
         raise NotImplementedError
 
     def check_data(self, x: Tensor) -> None:
@@ -93,6 +121,7 @@ class Likelihood(nn.Module):
 @register_likelihood
 class Bernoulli(Likelihood):
     name = "bernoulli"
+    discrete = True  # for binary data; data in (0, 1) gets a cross-entropy, not a probability
     description = "Bernoulli from logits; for binary data (continuous data in [0, 1] is scored by cross-entropy)"
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
@@ -116,6 +145,8 @@ class Bernoulli(Likelihood):
 
 class _Gaussian(Likelihood):
     """Shared code of the Gaussian decoders: mean from the network, sigma from ``_sigma``."""
+
+    discrete = False  # a density: its bits/dim depend on the data's scale
 
     def __init__(self, event_shape: tuple[int, ...], sigma: float = 0.1, sigma_min: float = 1e-3):
         super().__init__(event_shape, sigma, sigma_min)
@@ -217,3 +248,130 @@ class GaussianDecoded(_Gaussian):
     def _sigma(self, params: Tensor) -> Tensor:
         raw = self.param(params, 1)
         return self.sigma_min + F.softplus(raw + self.offset)
+
+
+@register_likelihood
+class DiscretizedLogisticMixture(Likelihood):
+    """Discretized logistic mixture for 8-bit images (PixelCNN++, Salimans et al. 2017,
+    https://arxiv.org/abs/1701.05517): the math is
+    :func:`~aevb.distributions.log_discretized_logistic_mixture`.
+
+    Data: ``[B, C, H, W]`` images of values v/255, v = 0..255. Each pixel has ``M =
+    mixtures`` components shared by its C channels, and channel i's mean depends linearly
+    on channels j < i. The decoder emits ``param_shape = (P, H, W)`` with
+    ``P = M + 2*M*C + M*C*(C-1)/2`` (3M for C = 1, 10M for C = 3), laid out along P as
+
+    ========================================  ==================================================
+    index along P                             parameter (m = component, c = channel)
+    ========================================  ==================================================
+    ``m``                                     mixture logit of component m
+    ``M + m*C + c``                           mean of (m, c), in [-1, 1] units (0 = mid-grey)
+    ``M + M*C + m*C + c``                     log-scale of (m, c), floored at ``min_log_scale``
+    ``M + 2*M*C + m*K + k``, K = C(C-1)/2     raw coefficient k of m (tanh applied), pairs
+                                              (i, j), j < i, row by row: (g,r), (b,r), (b,g)
+    ========================================  ==================================================
+
+    ``n_params`` does not apply (the parameters are per pixel, not per element); decoders
+    must size their output by ``param_shape``.
+    """
+
+    name = "dmol"
+    discrete = True
+    description = (
+        "discretized logistic mixture (PixelCNN++) for 8-bit images [C, H, W]: "
+        "a probability of the pixel values, --mixtures components per pixel"
+    )
+    num_bins: ClassVar[int] = 256
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        sigma: float = 0.1,
+        sigma_min: float = 1e-3,
+        mixtures: int = 10,
+        min_log_scale: float = DEFAULT_MIN_LOG_SCALE,
+    ):
+        # sigma and sigma_min are the Gaussians' settings, accepted for build_likelihood.
+        super().__init__(event_shape, sigma, sigma_min)
+        if len(self.event_shape) != 3:
+            raise ConfigError(
+                f"the dmol likelihood needs images of shape [C, H, W], got data of shape "
+                f"{list(self.event_shape)}; reshape the data to images or choose "
+                "--likelihood gaussian"
+            )
+        if not (isinstance(mixtures, int) and mixtures >= 1):
+            raise ConfigError(f"--mixtures must be a positive integer, got {mixtures!r}")
+        self.mixtures = mixtures
+        self.min_log_scale = float(min_log_scale)
+        m, c = mixtures, self.event_shape[0]
+        self.n_coeffs = c * (c - 1) // 2
+        self.split_sizes = (m, m * c, m * c, m * self.n_coeffs)
+
+    @property
+    def n_params(self) -> int:  # type: ignore[override]
+        raise ConfigError(
+            "the dmol likelihood has per-pixel parameters of shape "
+            f"{list(self.param_shape)}, not n_params per element, and this model's decoder "
+            "only emits the latter; choose another --likelihood for this model"
+        )
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """``(M + 2MC + M*C(C-1)/2, H, W)``; the layout is in the class docstring."""
+        return (sum(self.split_sizes), *self.event_shape[1:])
+
+    def split_params(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``[..., P, H, W]`` -> logits ``[..., M, H, W]``, means and log-scales
+        ``[..., M, C, H, W]``, coefficients ``[..., M, C(C-1)/2, H, W]`` (None for C = 1)."""
+        if tuple(params.shape[-3:]) != self.param_shape:
+            raise ValueError(
+                f"dmol parameters must end in {list(self.param_shape)}, got {list(params.shape)}"
+            )
+        m, c = self.mixtures, self.event_shape[0]
+        logits, means, log_scales, coeffs = params.split(self.split_sizes, dim=-3)
+        means, log_scales = means.unflatten(-3, (m, c)), log_scales.unflatten(-3, (m, c))
+        coeffs = coeffs.unflatten(-3, (m, self.n_coeffs)) if self.n_coeffs else None
+        return logits, means, log_scales, coeffs
+
+    def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
+        """log P(x|z) in nats: ``[B, C, H, W]`` and ``[..., B, P, H, W]`` -> ``[..., B]``."""
+        return log_discretized_logistic_mixture(
+            x, *self.split_params(params), num_bins=self.num_bins, min_log_scale=self.min_log_scale
+        )
+
+    def mean(self, params: Tensor) -> Tensor:
+        """E[x|z] in [0, 1] (see the mean function): ``[..., P, H, W]`` -> ``[..., C, H, W]``."""
+        return mean_discretized_logistic_mixture(
+            *self.split_params(params), min_log_scale=self.min_log_scale
+        )
+
+    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x ~ P(x|z), values v/255: ``[..., P, H, W]`` -> ``[..., C, H, W]``."""
+        return sample_discretized_logistic_mixture(
+            *self.split_params(params),
+            num_bins=self.num_bins,
+            min_log_scale=self.min_log_scale,
+            generator=generator,
+        )
+
+    def check_data(self, x: Tensor) -> None:
+        super().check_data(x)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"the dmol likelihood needs 8-bit images scaled to [0, 1] (v/255) but values "
+                f"span [{lo:g}, {hi:g}]; divide the raw uint8 pixels by 255 (no normalisation), "
+                "or choose --likelihood gaussian"
+            )
+        last = self.num_bins - 1
+        scaled = x.detach().double() * last
+        off_grid = (scaled - scaled.round()).abs() / last  # distance to the grid, in data units
+        worst = int(off_grid.argmax())
+        if float(off_grid.flatten()[worst]) > 1e-6:
+            value = float(x.flatten()[worst])
+            raise DataError(
+                f"the dmol likelihood needs 8-bit images stored as v/255 (v = 0..255) but found "
+                f"the value {value:.6g} (= {value * last:.4g}/255) off that grid; pass the raw "
+                "uint8 pixels divided by 255 (no dequantisation noise, normalisation or "
+                "resizing), or choose --likelihood gaussian"
+            )

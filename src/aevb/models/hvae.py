@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..distributions import LOG_2PI
 from ..latents import LatentGroup, LatentSpace, NoiseSpec, Posterior, Prior
-from ..likelihoods import build_likelihood
+from ..likelihoods import likelihood_from_config
 from .base import LatentVariableModel
 from .networks import build_networks, mlp
 from .registry import register_model
@@ -139,9 +139,7 @@ class HVAE(LatentVariableModel):
         d1, d2 = sections["hvae"].latent_dims
         top = tuple(sections["hvae"].hidden_top)
         event_shape = tuple(config.input_shape)
-        self.likelihood = build_likelihood(
-            config.likelihood, event_shape, config.sigma, config.sigma_min
-        )
+        self.likelihood = likelihood_from_config(config, sections)
         self.encoder, self.decoder = build_networks(
             config.arch,
             event_shape,

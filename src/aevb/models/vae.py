@@ -26,7 +26,7 @@ from ..latents import (
     StandardNormal,
     gaussian_space,
 )
-from ..likelihoods import build_likelihood
+from ..likelihoods import likelihood_from_config
 from .base import LatentVariableModel
 from .networks import build_networks
 from .registry import register_model
@@ -68,9 +68,7 @@ class VAE(LatentVariableModel):
         self.config = config
         dim = sections["vae"].latent_dim
         event_shape = tuple(config.input_shape)
-        self.likelihood = build_likelihood(
-            config.likelihood, event_shape, config.sigma, config.sigma_min
-        )
+        self.likelihood = likelihood_from_config(config, sections)
         self.encoder, self.decoder = build_networks(
             config.arch,
             event_shape,
