@@ -422,3 +422,115 @@ def mean_discretized_logistic_mixture(
     weights = torch.softmax(logit_probs, dim=-3).unsqueeze(-3)  # [..., M, 1, H, W]
     mean_scaled = (weights * torch.stack(expected, dim=-3)).sum(dim=-4)  # [..., C, H, W]
     return ((mean_scaled + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+# --- categorical latents: the Gumbel-softmax (Concrete) relaxation ------------------------
+# Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax" (2016),
+# https://arxiv.org/abs/1611.01144; Maddison, Mnih & Teh, "The Concrete Distribution" (2016),
+# https://arxiv.org/abs/1611.00712. Shapes: N categorical variables of C classes each,
+# ``[..., N, C]`` (logits, one-hots, uniform noise); log-probabilities sum over the N.
+
+
+def gumbel_noise(u: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise ``g = -log(-log u)`` from uniform noise ``u`` in [0, 1).
+
+    ``u`` is clamped to [tiny, 1 - eps/2] first, so ``u = 0`` (which ``torch.rand`` can
+    return) and ``u = 1`` give finite noise instead of -inf / +inf.
+
+    Args:
+        u: ``[...]`` uniform noise (e.g. from ``NoiseSpec("uniform", (N, C))``).
+
+    Returns:
+        ``[...]`` Gumbel noise, same shape and dtype.
+    """
+    info = torch.finfo(u.dtype)
+    u = u.clamp(info.tiny, 1.0 - info.eps / 2)
+    return -torch.log(-torch.log(u))
+
+
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """``hard`` in the forward pass, the gradient of ``soft`` in the backward pass.
+
+    Written ``hard + (soft - soft.detach())`` rather than ``hard - soft.detach() + soft``:
+    ``soft - soft.detach()`` is exactly 0, so the forward value is ``hard`` bit for bit
+    (the other order rounds, e.g. ``(1 - y) + y`` need not be 1 in floating point).
+
+    Args:
+        hard, soft: tensors of one shape ``[...]``.
+
+    Returns:
+        ``[...]`` equal to ``hard``, with ``d out / d soft = 1``.
+    """
+    return hard + (soft - soft.detach())
+
+
+def gumbel_softmax(logits: Tensor, u: Tensor, tau: float, hard: bool = False) -> Tensor:
+    """Relaxed one-hot samples ``y = softmax((log pi + g) / tau)`` (Jang et al., eq. 2).
+
+    ``log pi = log_softmax(logits)``, ``g = gumbel_noise(u)``. As ``tau -> 0`` the samples
+    approach the one-hot ``gumbel_max(logits, u)``. With ``hard=True`` the forward pass
+    returns that one-hot exactly and the backward pass the gradient of the relaxed ``y``
+    (the straight-through Gumbel-softmax estimator, Jang et al., section 2.2).
+
+    Args:
+        logits: ``[..., N, C]`` unnormalised log-probabilities (broadcastable to ``u``).
+        u: ``[..., N, C]`` uniform noise in [0, 1).
+        tau: temperature > 0.
+        hard: straight-through one-hot forward pass.
+
+    Returns:
+        ``[..., N, C]`` points of the simplex (one-hots with ``hard=True``).
+    """
+    if tau <= 0:
+        raise ValueError(f"the Gumbel-softmax temperature must be > 0, got {tau}")
+    y = torch.softmax((F.log_softmax(logits, dim=-1) + gumbel_noise(u)) / tau, dim=-1)
+    if not hard:
+        return y
+    y_hard = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+    return straight_through(y_hard, y)
+
+
+def gumbel_max(logits: Tensor, u: Tensor) -> Tensor:
+    """Exact categorical samples as one-hots: ``one_hot(argmax(logits + g))`` (Jang et al., eq. 1).
+
+    Args:
+        logits: ``[..., N, C]`` (broadcastable to ``u``).
+        u: ``[..., N, C]`` uniform noise in [0, 1).
+
+    Returns:
+        ``[..., N, C]`` one-hots in ``logits``' dtype, without gradient.
+    """
+    idx = (logits.detach() + gumbel_noise(u)).argmax(-1)
+    return F.one_hot(idx, logits.shape[-1]).to(logits.dtype)
+
+
+def log_categorical(onehot: Tensor, logits: Tensor) -> Tensor:
+    """log Cat(z; softmax(logits)) in nats for one-hot ``z``, summed over the N variables.
+
+    For a relaxed (non one-hot) ``z`` this is the cross-entropy ``sum z log pi``, not a
+    density of the relaxed sample.
+
+    Args:
+        onehot: ``[..., N, C]`` one-hots.
+        logits: ``[..., N, C]`` finite logits, broadcastable to ``onehot``.
+
+    Returns:
+        ``[...]`` log-probabilities.
+    """
+    return (onehot * F.log_softmax(logits, dim=-1)).sum((-2, -1))
+
+
+def categorical_kl_uniform(logits: Tensor) -> Tensor:
+    """KL(Cat(softmax(logits)) || Uniform(C)) per variable, in nats (exact).
+
+    ``KL = sum_c pi_c log(pi_c C) = sum_c pi_c log pi_c + log C``: 0 at the uniform
+    posterior, at most ``log C`` (a deterministic one).
+
+    Args:
+        logits: ``[..., N, C]`` finite logits.
+
+    Returns:
+        ``[..., N]`` KL of each categorical variable.
+    """
+    log_pi = F.log_softmax(logits, dim=-1)
+    return (log_pi.exp() * log_pi).sum(-1) + math.log(logits.shape[-1])

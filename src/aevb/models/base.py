@@ -55,7 +55,7 @@ class LatentVariableModel(nn.Module):
         raise NotImplementedError
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """Likelihood parameters: ``[..., *z]`` -> ``[..., n_params, *event]``."""
+        """Likelihood parameters: ``[..., *z]`` -> ``[..., *likelihood.param_shape]``."""
         raise NotImplementedError
 
     def log_likelihood(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:

@@ -78,7 +78,9 @@ class HierarchicalPosterior(Posterior):
         z1 = self.mu1 + torch.exp(0.5 * self.logvar1) * eps1
         mu2, logvar2 = self.layer2(z1)
         z2 = mu2 + torch.exp(0.5 * logvar2) * eps2
-        log_q = torch.stack([_log_normal_eps(eps1, self.logvar1), _log_normal_eps(eps2, logvar2)], -1)
+        log_q = torch.stack(
+            [_log_normal_eps(eps1, self.logvar1), _log_normal_eps(eps2, logvar2)], -1
+        )
         return torch.cat([z1, z2], -1), (log_q if groups else log_q.sum(-1))
 
     sample_and_log_prob = rsample_and_log_prob
@@ -121,7 +123,9 @@ class HierarchicalPrior(Prior):
     ) -> Tensor:
         """Ancestral: z2 ~ N(0, T^2 I), then z1 ~ N(mu(z2), T^2 sigma(z2)^2): ``[n, D1 + D2]``."""
         w = self.layer.net[0].weight
-        z2 = temperature * torch.randn(n, self.d2, generator=generator, device=w.device, dtype=w.dtype)
+        z2 = temperature * torch.randn(
+            n, self.d2, generator=generator, device=w.device, dtype=w.dtype
+        )
         mu1, logvar1 = self.layer(z2)
         eps = torch.randn(n, self.d1, generator=generator, device=w.device, dtype=w.dtype)
         return torch.cat([mu1 + temperature * torch.exp(0.5 * logvar1) * eps, z2], -1)
