@@ -170,6 +170,17 @@ def build_parser() -> Parser:
     f.add_argument("--json", action="store_true")
 
     sub.add_parser("datasets", help="list the named datasets")
+
+    # `aevb serve`: the latent-space explorer; its options live in aevb.serve.command.
+    from .serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(
+        sub.add_parser(
+            "serve",
+            help="explore a run's latent space in the browser",
+            description="Serve a local page that maps, walks and decodes a run's latent space.",
+        )
+    )
     return p
 
 
@@ -513,6 +524,12 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     ckpt.atomic_write_bytes(path, buf.getvalue())
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import cmd_serve as serve
+
+    return serve(args)
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -523,6 +540,7 @@ COMMANDS = {
     "embed": cmd_embed,
     "info": cmd_info,
     "datasets": cmd_datasets,
+    "serve": cmd_serve,
 }
 
 
