@@ -64,7 +64,21 @@ def build_parser() -> Parser:
     _run_arg(info_p)
     info_p.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("datasets", help="list the named datasets")
+    _serve_parser(sub)
     return parser
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    # The latent-space explorer; its options live in aevb.serve (imports no torch).
+    from .serve import add_arguments
+
+    add_arguments(
+        sub.add_parser(
+            "serve",
+            help="explore a run's latent space in the browser",
+            description="Serve a local page that maps, walks and decodes a run's latent space.",
+        )
+    )
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -610,6 +624,12 @@ def _save_npy(path: Path, arr) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import cmd_serve as serve
+
+    return serve(args)
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -620,6 +640,7 @@ COMMANDS = {
     "embed": cmd_embed,
     "info": cmd_info,
     "datasets": cmd_datasets,
+    "serve": cmd_serve,
 }
 
 
