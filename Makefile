@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: setup train test lint clean
+.PHONY: setup browser train test lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,12 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(BIN)/aevb train
 
-test: setup
+# The browser test drives Debian's chromium through Playwright; installing it needs apt
+# (root). Best effort here: without it that one test skips (and fails under CI=true).
+browser: setup
+	-bash scripts/install-browser.sh $(BIN)/python
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 lint: setup

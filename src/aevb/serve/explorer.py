@@ -25,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint as ckpt
-from ..data import Dataset, load_dataset
+from ..data import Dataset
 from ..errors import AevbError, CheckpointError, DataError
 from ..latent import lerp, slerp
+from ..runs import load_run_dataset
 
 # Map points per split (the first examples of the split); more only slow the page.
 MAX_MAP_POINTS = 5000
@@ -111,7 +112,7 @@ class Explorer:
         self.data: Dataset | None = None
         self.data_error: str | None = None
         try:
-            self.data = load_dataset(self.config.data)
+            self.data = load_run_dataset(run_dir)
         except (AevbError, OSError) as e:  # the page still shows prior, sliders and curves
             self.data_error = f"the run's data could not be loaded ({e})"
         self._maps: dict[str, MapData] = {}
