@@ -9,14 +9,17 @@ Measures, in one run on one machine:
     of 1000 rows — the best a per-example loop can do;
   * the dense-matmul peak: ``torch.mm`` at the decoder's shapes (rows = aevb's chunk).
 
-FLOP counting per (example, sample): the decoder's matmuls, 2 * sum(in * out), plus the
-densities: 5 per data dimension for the Bernoulli log-probability (softplus counted as
-3, multiply and add) and 4 per latent dimension for each of log p(z) and log q(z|x).
-The encoder (once per example) and the noise are not counted.
+FLOP counting per (example, sample): the matmuls run once per sample, 2 * sum(in * out)
+(the decoder; for the two-layer model also q(z2|z1) and p(z1|z2)), plus the densities: 5
+per data dimension for the Bernoulli log-probability (softplus counted as 3, multiply and
+add) and 4 per latent dimension for each of log p(z) and log q(z|x). The encoder (once per
+example) and the noise are not counted. The loops use the same model through the same
+interface (posterior, prior, log_likelihood), one example at a time.
 
 Usage:
     python benchmarks/eval_speed.py                      # 784-400-20, K=5000, 200 examples
     python benchmarks/eval_speed.py --arch burda --examples 1000 --json
+    python benchmarks/eval_speed.py --arch hvae          # Burda et al.'s two stochastic layers
 """
 
 from __future__ import annotations
@@ -32,15 +35,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from aevb import VAE, ModelConfig
+from aevb import RunConfig, build_model
 from aevb.data import Dataset, DatasetInfo
 from aevb.evaluate import evaluate
+from aevb.objectives import importance_terms
 
 ARCHS = {
-    # name: (hidden, latent, activation)
-    "pytorch-example": ((400,), 20, "relu"),
-    "burda": ((200, 200), 50, "tanh"),
+    # name: config fields
+    "pytorch-example": dict(hidden=(400,), latent_dim=20, activation="relu"),
+    "burda": dict(hidden=(200, 200), latent_dim=50, activation="tanh"),
+    "hvae": dict(
+        model="hvae",
+        hidden=(200, 200),
+        latent_dims=(100, 50),
+        hidden_top=(100, 100),
+        activation="tanh",
+    ),
 }
 SHARED = (
     Path(__file__).resolve().parents[1].parent
@@ -59,18 +71,25 @@ def load_data(n: int) -> tuple[torch.Tensor, str]:
     return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=g), "synthetic binary"
 
 
-def flops_per_sample(hidden: tuple[int, ...], latent: int, d: int = 784) -> int:
-    sizes = [latent, *reversed(hidden), d]
-    mm = sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    return mm + 5 * d + 2 * 4 * latent
+def per_sample_layers(model: nn.Module) -> list[tuple[int, int]]:
+    """(in, out) of every Linear run once per sample: all but the encoder's (once per example)."""
+    once = {id(m) for m in model.encoder.modules()}
+    return [
+        (m.in_features, m.out_features)
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and id(m) not in once
+    ]
 
 
-def matmul_peak(rows: int, hidden: tuple[int, ...], latent: int, device, repeats: int = 5) -> float:
-    """FLOP/s of torch.mm alone at the decoder's layer shapes, ``rows`` rows at a time."""
-    sizes = [latent, *reversed(hidden), 784]
+def flops_per_sample(model: nn.Module, d: int = 784) -> int:
+    mm = sum(2 * a * b for a, b in per_sample_layers(model))
+    return mm + 5 * d + 2 * 4 * model.latent.numel
+
+
+def matmul_peak(rows: int, shapes: list[tuple[int, int]], device, repeats: int = 5) -> float:
+    """FLOP/s of torch.mm alone at the per-sample layer shapes, ``rows`` rows at a time."""
     mats = [
-        (torch.randn(rows, a, device=device), torch.randn(a, b, device=device))
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        (torch.randn(rows, a, device=device), torch.randn(a, b, device=device)) for a, b in shapes
     ]
     flops = sum(2 * rows * a.shape[1] * b.shape[1] for a, b in mats)
     for a, b in mats:
@@ -93,43 +112,37 @@ def _sync(device) -> None:
 
 
 @torch.no_grad()
-def per_example_pythae_style(model: VAE, x: torch.Tensor, k: int, chunk: int = 100) -> float:
+def per_example_pythae_style(model: nn.Module, x: torch.Tensor, k: int, chunk: int = 100) -> float:
     """One example at a time, x repeated ``chunk`` times and re-encoded, .item() per example."""
     out = []
+    noise = model.latent.noise
     for i in range(len(x)):
         xi = x[i : i + 1]
         log_w = []
         for _ in range(math.ceil(k / chunk)):
             x_rep = torch.cat(chunk * [xi])
-            mu, logvar = model.encode(x_rep)
-            std = torch.exp(0.5 * logvar)
-            z = mu + std * torch.randn_like(std)
-            log_q = (-0.5 * (logvar + (z - mu) ** 2 / torch.exp(logvar))).sum(-1)
-            log_p_z = (-0.5 * z**2).sum(-1)
-            probs = torch.sigmoid(model.decode(z)[:, 0])
+            q, p = model.posterior(x_rep), model.prior()
+            z, log_q = q.sample_and_log_prob(noise.draw(1, chunk, x.device))
+            probs = torch.sigmoid(model.decode(z[0])[:, 0])
             log_px_z = -F.binary_cross_entropy(probs, x_rep, reduction="none").flatten(1).sum(-1)
-            log_w.append(log_px_z + log_p_z - log_q)
+            log_w.append(log_px_z + p.log_prob(z[0]) - log_q[0])
         lw = torch.cat(log_w)[:k]
         out.append((torch.logsumexp(lw, 0) - math.log(k)).item())
     return float(np.mean(out))
 
 
 @torch.no_grad()
-def per_example_tuned(model: VAE, x: torch.Tensor, k: int, chunk: int = 1000) -> float:
+def per_example_tuned(model: nn.Module, x: torch.Tensor, k: int, chunk: int = 1000) -> float:
     """One example at a time, encoder once, K samples in chunks of 1000 rows."""
     out = torch.empty(len(x))
+    noise, p = model.latent.noise, model.prior()
     for i in range(len(x)):
         xi = x[i : i + 1]
-        mu, logvar = model.encode(xi)
+        q = model.posterior(xi)
         lse = torch.tensor(-math.inf)
         for k0 in range(0, k, chunk):
             c = min(chunk, k - k0)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(c, 1, mu.shape[1])
-            lw = (
-                model.log_likelihood(xi, z)
-                + model.log_prior(z)
-                - model.log_posterior(z, mu, logvar)
-            )
+            lw = importance_terms(model, xi, q, p, noise.draw(c, 1, x.device)).log_w
             lse = torch.logaddexp(lse, torch.logsumexp(lw[:, 0], 0))
         out[i] = lse - math.log(k)
     return float(out.mean())
@@ -152,22 +165,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    hidden, latent, act = ARCHS[args.arch]
-    cfg = ModelConfig(
-        input_shape=(1, 28, 28),
-        latent_dim=latent,
-        hidden=hidden,
-        activation=act,
-        likelihood="bernoulli",
+    config = RunConfig().replace(
+        input_shape=(1, 28, 28), likelihood="bernoulli", **ARCHS[args.arch]
     )
-    model = VAE(cfg).to(args.device).eval()
+    model = build_model(config).to(args.device).eval()
     x, source = load_data(max(args.examples, args.ref_examples))
     x = x.to(args.device)
     ds = Dataset(
         DatasetInfo("bench", (1, 28, 28), (0.0, 1.0), False, "bernoulli"),
         {"train": x[:1], "valid": x[:1], "test": x[: args.examples]},
     )
-    fps = flops_per_sample(hidden, latent)
+    fps = flops_per_sample(model)
 
     evaluate(
         model,
@@ -199,7 +207,7 @@ def main() -> None:
 
     chunk = args.chunk_size or default_chunk_size(torch.device(args.device))
     rows_per_chunk = max(1, chunk // args.batch_size) * args.batch_size
-    peak = matmul_peak(rows_per_chunk, hidden, latent, args.device)
+    peak = matmul_peak(rows_per_chunk, per_sample_layers(model), args.device)
     out = {
         "arch": args.arch,
         "k": args.k,
@@ -221,9 +229,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    print(
-        f"IW evaluation, {args.arch} decoder, K={args.k}, {source}, {out['device']} ({out['machine']})"
-    )
+    print(f"IW evaluation, {args.arch}, K={args.k}, {source}, {out['device']} ({out['machine']})")
     print()
     print("| method | examples x K per second | aevb speed-up |")
     print("| --- | ---: | ---: |")

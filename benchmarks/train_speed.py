@@ -59,9 +59,21 @@ import aevb
 from aevb import Dataset, DatasetInfo, RunConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/binarized_mnist"
-HIDDEN, LATENT, D = 400, 20, 784
-# (in, out) of every matrix product of the model, as aevb builds it (fc21 and fc22 as one)
-LAYERS = [(D, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, D)]
+D = 784
+ARCHS = {
+    # name: (hidden widths, latent size, activation)
+    "pytorch-example": ((400,), 20, "relu"),
+    "burda": ((200, 200), 50, "tanh"),
+}
+
+
+def layers(arch: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(in, out) of every matrix product of the encoder and of the decoder, as aevb builds
+    them (the mean and log-variance heads as one product, like fc21 and fc22)."""
+    hidden, latent, _ = ARCHS[arch]
+    enc = [D, *hidden, 2 * latent]
+    dec = [latent, *reversed(hidden), D]
+    return list(zip(enc[:-1], enc[1:], strict=True)), list(zip(dec[:-1], dec[1:], strict=True))
 
 
 def load_data(n: int) -> tuple[torch.Tensor, str]:
@@ -141,18 +153,23 @@ def run_reference(x: torch.Tensor, n_steps: int, batch: int, device: torch.devic
 
 
 # --- aevb ------------------------------------------------------------------------------
-def run_aevb(dataset: Dataset, n_steps: int, batch: int, device: torch.device) -> None:
-    """``aevb.train`` for ``n_steps`` steps into a throwaway run directory."""
+def run_aevb(
+    dataset: Dataset, n_steps: int, batch: int, device: torch.device, arch: str, k: int
+) -> None:
+    """``aevb.train`` for ``n_steps`` steps into a throwaway run directory (IWAE when k > 1)."""
+    hidden, latent, activation = ARCHS[arch]
+    objective = {"objective": "iwae", "k": k} if k > 1 else {}
     config = RunConfig().replace(
-        hidden=(HIDDEN,),
-        latent_dim=LATENT,
-        activation="relu",
+        hidden=hidden,
+        latent_dim=latent,
+        activation=activation,
         likelihood="bernoulli",
         batch_size=batch,
         lr=1e-3,
         steps=n_steps,
         figures=False,
         device=device.type,
+        **objective,
     )
     with tempfile.TemporaryDirectory() as tmp:
         aevb.train(config, Path(tmp) / "run", dataset=dataset, progress=False)
@@ -200,16 +217,22 @@ def timed(run, warmup: int, steps: int, batch: int, device: torch.device) -> dic
 
 
 # --- the matmul peak -------------------------------------------------------------------
-def step_matmuls(batch: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of every product of one training step: forward, input grad, weight grad."""
+def step_matmuls(arch: str, batch: int, k: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every product of one training step: forward, input grad, weight grad.
+
+    The encoder sees the batch, the decoder ``batch * k`` rows (k samples per example).
+    """
+    enc, dec = layers(arch)
     shapes = []
-    for a, b in LAYERS:
-        shapes += [(batch, a, b), (batch, b, a), (b, batch, a)]
+    for rows, group in ((batch, enc), (batch * k, dec)):
+        for a, b in group:
+            shapes += [(rows, a, b), (rows, b, a), (b, rows, a)]
     return shapes
 
 
-def forward_flops(batch: int) -> int:
-    return sum(2 * batch * a * b for a, b in LAYERS)
+def forward_flops(arch: str, batch: int, k: int) -> int:
+    enc, dec = layers(arch)
+    return sum(2 * batch * a * b for a, b in enc) + sum(2 * batch * k * a * b for a, b in dec)
 
 
 def mm_rate(
@@ -238,6 +261,13 @@ def mm_rate(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="pytorch-example", choices=sorted(ARCHS))
+    p.add_argument(
+        "--k",
+        type=int,
+        default=1,
+        help="IWAE samples (k > 1 trains --objective iwae; no reference)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=300, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
@@ -257,10 +287,9 @@ def main() -> None:
 
     info = DatasetInfo("binarized-mnist", (D,), (0.0, 1.0), False, "bernoulli", source)
     dataset = Dataset(info, {"train": x, "valid": x[:500], "test": x[:500]})
-    sides = {
-        "aevb": lambda n: run_aevb(dataset, n, batch, device),
-        "reference": lambda n: run_reference(x, n, batch, device),
-    }
+    sides = {"aevb": lambda n: run_aevb(dataset, n, batch, device, args.arch, args.k)}
+    if args.arch == "pytorch-example" and args.k == 1:  # the reference trains only this one
+        sides["reference"] = lambda n: run_reference(x, n, batch, device)
     for run in sides.values():
         run(5)  # warm-up: lazy initialisation, allocator, thread pool
     rates: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
@@ -272,17 +301,28 @@ def main() -> None:
     def med(name: str, kind: str) -> float:
         return statistics.median(r[kind] for r in rates[name])
 
-    aevb_med, ref_med = med("aevb", "window"), med("reference", "window")
-    aevb_step_med, ref_step_med = med("aevb", "median_step"), med("reference", "median_step")
-    aevb_cpu, ref_cpu = med("aevb", "cpu"), med("reference", "cpu")
+    has_ref = "reference" in sides
+    aevb_med, aevb_step_med, aevb_cpu = (
+        med("aevb", kind) for kind in ("window", "median_step", "cpu")
+    )
+    if has_ref:
+        ref_med, ref_step_med, ref_cpu = (
+            med("reference", kind) for kind in ("window", "median_step", "cpu")
+        )
+    else:
+        ref_med = ref_step_med = ref_cpu = float("nan")
 
-    step_flops = 3 * forward_flops(batch)
-    peak_at_shapes, peak_at_shapes_cpu = mm_rate(step_matmuls(batch), device, reps=20)
+    step_flops = 3 * forward_flops(args.arch, batch, args.k)
+    shapes = step_matmuls(args.arch, batch, args.k)
+    peak_at_shapes, peak_at_shapes_cpu = mm_rate(shapes, device, reps=20)
     peak_square, _ = mm_rate([(2048, 2048, 2048)], device, reps=3)
     aevb_flops = aevb_med / batch * step_flops
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = {
-        "model": "784-400-20 Bernoulli MLP VAE, ReLU, Adam lr 1e-3",
+        "model": f"{args.arch} ({'-'.join(map(str, [D, *ARCHS[args.arch][0], ARCHS[args.arch][1]]))}, "
+        f"{ARCHS[args.arch][2]}) Bernoulli MLP "
+        + (f"IWAE, k = {args.k}" if args.k > 1 else "VAE")
+        + ", Adam lr 1e-3",
         "batch_size": batch,
         "data": source,
         "device": device_name,
@@ -295,7 +335,7 @@ def main() -> None:
         "reference_examples_per_s": ref_med,
         "speedup": aevb_med / ref_med,
         "aevb_examples_per_s_all": [r["window"] for r in rates["aevb"]],
-        "reference_examples_per_s_all": [r["window"] for r in rates["reference"]],
+        "reference_examples_per_s_all": [r["window"] for r in rates.get("reference", [])],
         "aevb_examples_per_s_median_step": aevb_step_med,
         "reference_examples_per_s_median_step": ref_step_med,
         "speedup_median_step": aevb_step_med / ref_step_med,
@@ -328,10 +368,11 @@ def main() -> None:
         f"| aevb.train | {aevb_med:,.0f} | {out['aevb_gflops']:.1f} | {out['speedup']:.2f}x "
         f"| {aevb_cpu:,.0f} | {out['speedup_cpu_time']:.2f}x |"
     )
-    print(
-        f"| pytorch/examples vae/main.py loop | {ref_med:,.0f} | {out['reference_gflops']:.1f} "
-        f"| 1.00x | {ref_cpu:,.0f} | 1.00x |"
-    )
+    if has_ref:
+        print(
+            f"| pytorch/examples vae/main.py loop | {ref_med:,.0f} | {out['reference_gflops']:.1f} "
+            f"| 1.00x | {ref_cpu:,.0f} | 1.00x |"
+        )
     print(
         f"| torch.mm alone at the step's shapes (bound) | "
         f"{peak_at_shapes / step_flops * batch:,.0f} | {peak_at_shapes / 1e9:.1f} | | | |"

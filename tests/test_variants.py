@@ -151,3 +151,20 @@ def test_two_processes_equal_one(name, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     ma, mb = ckpt.read_metrics(one)[-1], ckpt.read_metrics(two)[-1]
     assert ma["valid_neg_elbo"] == pytest.approx(mb["valid_neg_elbo"], rel=1e-5)
+
+
+def test_evaluation_memory_is_bounded_by_the_chunk_for_every_variant(variant):
+    """At most ``chunk_size`` (example, sample) pairs reach the decoder at once, whatever K."""
+    name, run, _ = variant
+    model = aevb.load(run)
+    data = aevb.load_dataset(ckpt.load_config(run).data)
+    seen = []
+    real = model.log_likelihood
+
+    def counting(x, z, y=None):
+        seen.append(z.shape[0] * z.shape[1])
+        return real(x, z, y)
+
+    model.log_likelihood = counting
+    res = aevb.evaluate(model, data, "test", k=300, chunk_size=128, batch_size=50)
+    assert max(seen) <= 128 and res["n_examples"] == 180

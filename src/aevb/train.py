@@ -502,12 +502,13 @@ def _train_epoch(
         loss = out.loss.sum() / per_rank  # DDP averages: the global batch's mean
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # A non-finite loss (on any rank) skips the step. With --grad-clip the gradient norm
+        # is at hand and a non-finite one skips it too; without, a gradient that overflows
+        # although the loss did not would make non-finite weights, which the next
+        # checkpoint refuses to write (the last good one stays).
+        bad = ~torch.isfinite(loss.detach())
         if tc.grad_clip is not None:
-            norm = nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        else:
-            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        # The same decision on every rank: gradients are all-reduced by now.
-        bad = ~torch.isfinite(norm) | ~torch.isfinite(loss.detach())
+            bad = bad | ~torch.isfinite(nn.utils.clip_grad_norm_(params, tc.grad_clip))
         bad = distributed.any_rank(bad)
         _optimizer_step(s.optimizer, bad)
         acc.add(mask=~bad, **out.per_example())
