@@ -251,15 +251,16 @@ def _model_and_data(
     model: nn.Module | str | Path, dataset: Dataset | None
 ) -> tuple[nn.Module, Dataset]:
     """Load a run's model (and, unless given, its dataset); check the shapes agree."""
-    from .checkpoint import load_config, load_model
-    from .data import load_dataset
+    from .checkpoint import load_model
     from .errors import DataError
 
     if isinstance(model, (str, Path)):
+        from .runs import load_run_dataset
+
         run = model
         model = load_model(run, device="cuda" if torch.cuda.is_available() else "cpu")
         if dataset is None:
-            dataset = load_dataset(load_config(run).data)
+            dataset = load_run_dataset(run)
     if dataset is None:
         raise DataError("evaluate() needs a dataset when given a model rather than a run directory")
     expected = tuple(model.likelihood.event_shape)
