@@ -9,12 +9,19 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "the README has no Python example"
+    text = README.read_text()
+    section = text[text.index("## Python") : text.index("## Scoreboard")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     monkeypatch.chdir(tmp_path)
-    for code in blocks:
-        namespace: dict = {}
-        exec(compile(code, "README.md", "exec"), namespace)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "runs/readme-example/model.safetensors").exists()
     assert namespace["samples"].shape == (16, 1, 8, 8)
     assert namespace["q"].summary().shape == (180, 2)
+
+
+def test_readme_paths_stay_inside_the_repository():
+    text = README.read_text()
+    assert "../" not in text and "/work/" not in text
+    for link in re.findall(r"\]\(((?!https?://)[^)#]+)\)", text):
+        assert (README.parent / link).exists(), link

@@ -107,25 +107,32 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
     short = short_names()
     groups: dict[str, argparse._ArgumentGroup] = {}
+    shared: set[str] = set()  # short flags of fields several sections have, added once
     for qualified, (section, f) in all_fields().items():
         if section not in groups:
             groups[section] = train_p.add_argument_group(f"{section} config")
-        flags = [f"--{qualified.replace('_', '-')}"]
-        if short.get(f.name) == qualified:
-            flags.insert(0, "--" + f.name.replace("_", "-"))
         choices = f.metadata.get("choices")
         help_text = f.metadata.get("help", "") + (f" {{{', '.join(choices)}}}" if choices else "")
         help_text += f" (default: {f.default})".replace("%", "%%")
         is_bool = f.type in (bool, "bool")
-        groups[section].add_argument(
-            *flags,
-            dest=f"cfg__{qualified}",
+        kwargs = dict(
             default=argparse.SUPPRESS,
             metavar="" if is_bool else "VALUE",
             nargs="?" if is_bool else None,
             const="true" if is_bool else None,
-            help=help_text,
         )
+        flags = [f"--{qualified.replace('_', '-')}"]
+        if short.get(f.name) == qualified:
+            flags.insert(0, "--" + f.name.replace("_", "-"))
+        elif f.name not in shared:  # the section in use decides (see RunConfig.replace)
+            shared.add(f.name)
+            train_p.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f"cfg__{f.name}",
+                help=f"{f.metadata.get('help', '')} (for the section in use)",
+                **kwargs,
+            )
+        groups[section].add_argument(*flags, dest=f"cfg__{qualified}", help=help_text, **kwargs)
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:

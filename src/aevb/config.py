@@ -447,11 +447,20 @@ class RunConfig:
                 if key not in overrides and f"train.{key}" not in overrides:
                     overrides[key] = value
         grouped: dict[str, dict[str, Any]] = {}
+        shared: dict[str, Any] = {}  # short names several sections have: placed below
         for key, value in overrides.items():
+            if "." not in key and owners_of(key.replace("-", "_")):
+                if len(owners_of(key.replace("-", "_"))) > 1:
+                    shared[key.replace("-", "_")] = value
+                    continue
             section, name = resolve_field(key)
             cls = CORE.get(section) or VARIANTS[section].cls
             grouped.setdefault(section, {})[name] = coerce(cls, name, value)
         core = {name: _replace(getattr(self, name), grouped.get(name, {})) for name in CORE}
+        for name, value in shared.items():  # the one section in use that has the field
+            section = _section_in_use(name, core)
+            cls = CORE.get(section) or VARIANTS[section].cls
+            grouped.setdefault(section, {})[name] = coerce(cls, name, value)
         variants = dict(self.variants)
         for name, spec in VARIANTS.items():
             if name in grouped:
@@ -517,6 +526,30 @@ def short_names() -> dict[str, str]:
             count.setdefault(f.name, []).append(qualified)
         _FIELD_CACHE["short"] = {n: q[0] for n, q in count.items() if len(q) == 1}
     return _FIELD_CACHE["short"]
+
+
+def owners_of(name: str) -> list[str]:
+    """The qualified names ``section.field`` of every section that has a field ``name``."""
+    return [q for q, (_, f) in all_fields().items() if f.name == name]
+
+
+def _section_in_use(name: str, core: Mapping[str, Any]) -> str:
+    """For a field several sections have, the one section that the switches turn on."""
+    owners = owners_of(name)
+    in_use = [
+        q.split(".")[0]
+        for q in owners
+        if q.split(".")[0] in CORE or VARIANTS[q.split(".")[0]].active(core)
+    ]
+    if not in_use:
+        whens = " or ".join(VARIANTS[q.split(".")[0]].when() for q in owners)
+        raise ConfigError(f"{_flag(name)} applies only with {whens}")
+    if len(in_use) > 1:
+        raise ConfigError(
+            f"{_flag(name)} belongs to several sections in use; say which: "
+            f"{', '.join(_flag(o) for o in owners)}"
+        )
+    return in_use[0]
 
 
 def resolve_field(key: str) -> tuple[str, str]:
