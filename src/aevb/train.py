@@ -447,14 +447,18 @@ def _run(s: Session, stop: _StopFlag, bar: tqdm, t0: float) -> None:
             epoch_done = prog.step - prog.epoch_start_step >= s.steps_per_epoch
             if epoch_done or prog.step >= s.n_steps:
                 _end_epoch(s, acc, skipped, epoch_done, t0)
-            elif stop:  # mid-epoch: this epoch's steps so far count as skipped for nothing
+            elif stop:  # stopped mid-epoch: count its skipped steps before saving
                 prog.skipped_steps += int(distributed.all_reduce_sum(skipped.clone()))
             if stop:
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C: no time to save
+        if s.last_checkpoint_step < 0:
+            raise TrainingInterrupted(
+                f"interrupted before the first checkpoint of {s.run_dir}"
+            ) from None
         raise TrainingInterrupted(
             f"interrupted; {s.run_dir} keeps its last checkpoint (step "
-            f"{max(s.last_checkpoint_step, 0)}): continue with `aevb train --resume {s.run_dir}`"
+            f"{s.last_checkpoint_step}): continue with `aevb train --resume {s.run_dir}`"
         ) from None
     if stop and prog.step < s.n_steps and not prog.stopped_early:
         _checkpoint(s, t0, check_weights=True)
