@@ -29,6 +29,7 @@ from aevb.diagnostics import (
     aggregate_posterior_sample,
     class_usage,
     collapse_check,
+    prior_sample,
     traversal,
 )
 from aevb.discrete import (
@@ -39,6 +40,7 @@ from aevb.discrete import (
     categorical_space,
     code_space,
 )
+from aevb.figures import plot_posterior_vs_prior, plot_traversal
 from aevb.latent import traversal_latents
 from aevb.latents import gaussian_space
 from aevb.likelihoods import build_likelihood
@@ -368,3 +370,21 @@ def test_traverse_command_and_its_errors(run_dir, tmp_path):
 
 def test_training_draws_the_traversal_figure(run_dir):
     assert (run_dir / ckpt.FIGURES_DIR / "traversals.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("make", [lambda: OneHotEncoder(3, 4), CodeEncoder], ids=["cat", "codes"])
+def test_discrete_latents_draw_both_figures(make, tmp_path):
+    model = make()
+    g = torch.Generator().manual_seed(0)
+    if model.latent.kind == "codes":
+        x = torch.randint(3, (40, 2), generator=g).float()
+    else:
+        x = 3 * torch.randn(40, 12, generator=g)
+    s = aggregate_posterior_sample(model, Examples(x), samples=40)
+    d = aggregate_kl(s)
+    prior_z = prior_sample(model, len(s.z))
+    usage = class_usage(prior_z, model.latent)
+    torch.testing.assert_close(usage.sum(-1), torch.ones(len(usage), dtype=torch.float64))
+    plot_posterior_vs_prior(s.z, prior_z, model.latent, tmp_path / "q.png", d)
+    plot_traversal(model, x, tmp_path / "t.png", steps=3)
+    assert (tmp_path / "q.png").stat().st_size and (tmp_path / "t.png").stat().st_size

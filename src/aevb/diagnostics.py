@@ -71,6 +71,8 @@ logger = logging.getLogger("aevb")
 
 # Units whose mean KL is below this many nats count as unused (as Burda et al.'s 0.01).
 KL_ACTIVE = 0.01
+# Draws of the prior at least, for its marginals in the figure and its class usage.
+PRIOR_DRAWS = 2000
 # Prior quantile levels a continuous unit is swept over: the central 95%.
 TRAVERSAL_LEVELS = (0.025, 0.975)
 ESTIMATOR = (
@@ -348,7 +350,7 @@ def diagnose(
     s = aggregate_posterior_sample(
         model, dataset, split, samples, batch_size=batch_size, seed=seed, progress=progress
     )
-    prior_z = prior_sample(model, len(s.z), seed)
+    prior_z = prior_sample(model, max(len(s.z), PRIOR_DRAWS), seed)
     out = aggregate_kl(s)
     latent = model.latent
     usage = usage_summary(s, prior_z, latent) if latent.kind != "continuous" else None

@@ -365,7 +365,9 @@ def plot_traversal(
         context = y[example : example + 1].expand(r * s, *y.shape[1:])
     decoded = model.generate(t.z.flatten(0, 1), context)
     start = f"example {example}'s posterior point" if example is not None else "the prior's origin"
-    what = "prior quantile" if model.latent.kind == "continuous" else "class"
+    what = {"continuous": "prior quantiles", "categorical": "classes", "codes": "codes"}.get(
+        model.latent.kind, "values"
+    )
     title = f"traversals from {start}: one unit per row over its {what}, the rest fixed"
     return _save(traversal_figure(decoded, t.row_labels, t.column_labels, title, value_range), path)
 
