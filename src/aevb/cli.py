@@ -197,7 +197,7 @@ def _traverse_parser(sub: argparse._SubParsersAction) -> None:
         help="decode latent traversals: one unit swept per row, the rest fixed",
         description="One row per latent unit (the top --rows by KL for larger latents): an "
         "example's posterior point (or the prior's origin) with that unit swept over its prior "
-        "quantiles (2.5%% to 97.5%%), or over the classes / codes of a discrete latent.",
+        "quantiles (2.5% to 97.5%), or over the classes / codes of a discrete latent.",
     )
     _run_arg(p)
     _split_arg(p)
@@ -364,14 +364,19 @@ def _launch_train(args: argparse.Namespace) -> int:
         raise ConfigError("--nproc must be >= 1")
     if distributed.launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; drop it when launching with torchrun")
+    from .tracking import check_config
+
     argv = _without_option(args.argv, "--nproc")
     run = args.resume or args.out
     if args.resume:
         from . import checkpoint as ckpt
 
-        ckpt.load_config(args.resume)  # a missing or broken run fails here, once
+        config = ckpt.load_config(args.resume)  # a missing or broken run fails here, once
+        train_options = {k: v for k, v in _overrides(args).items() if k.startswith("train.")}
+        check_config(config.replace(**train_options))  # --tensorboard without the package
     else:  # a bad flag or folder fails here, once; every rank gets the same directory
         config = _train_config(args, _overrides(args))
+        check_config(config)
         distributed.check_batch_size(config.train.batch_size, args.nproc)
         if run is None:
             run = str(default_run_dir(config))

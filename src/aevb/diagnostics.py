@@ -64,6 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from .data.base import Dataset
+from .errors import DataError
 from .latent import traversal_latents
 from .latents import LatentSpace
 
@@ -148,7 +149,9 @@ def aggregate_posterior_sample(
         contexts.append(y)
     n = sum(b for _, b in posteriors)
     if n < 2:
-        raise ValueError(f"the aggregate posterior needs at least 2 examples; {split} has {n}")
+        raise DataError(
+            f"the aggregate posterior needs at least 2 examples; the {split} split has {n}"
+        )
     gen = torch.Generator(device=device).manual_seed(seed)
     m = min(samples, n)
     if m == n:  # stratified: every component of the mixture once
