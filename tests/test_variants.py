@@ -112,9 +112,21 @@ def test_every_command_runs(variant):
         ["interpolate", run, "--pairs", "2", "--steps", "3", "--out", out / "i.png"],
         ["embed", run, "--out", out / "z.npy"],
         ["info", run],
+        ["traverse", run, "--rows", "3", "--steps", "3", "--out", out / "tr.png"],
+        ["traverse", run, "--origin", "--out", out / "to.png"],
     ):
         res = run_cli(*cmd)
         assert res.code == 0, (cmd, res.err)
+    res = run_cli(
+        "evaluate", run, "--k", "2", "--diagnostics", "--diagnostic-samples", "60", "--json",
+        "--figure", out / "q.png",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    d = json.loads(res.out)["diagnostics"]
+    assert d["samples"] == 60 and d["n_examples"] == 180
+    assert d["mutual_information"] <= d["mi_bound"] + 1e-9
+    assert d["rate_mc"] == pytest.approx(d["aggregate_kl"] + d["mutual_information"])
+    assert d["collapse"]["total"] == model.latent.numel and (out / "q.png").stat().st_size
     z = torch.from_numpy(__import__("numpy").load(out / "z.npy"))
     assert z.shape == (180, model.latent.summary_dim)
     for cmd, applies in (

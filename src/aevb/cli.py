@@ -59,6 +59,7 @@ def build_parser() -> Parser:
     _reconstruct_parser(sub)
     _interpolate_parser(sub)
     _manifold_parser(sub)
+    _traverse_parser(sub)
     _embed_parser(sub)
     info_p = sub.add_parser("info", help="a run's status, config and final metrics")
     _run_arg(info_p)
@@ -167,7 +168,57 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="examples per encoder pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    d = p.add_argument_group("posterior diagnostics")
+    d.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also the aggregate posterior against the prior (ELBO surgery: KL(q(z) || p(z)) and "
+        "the index-code mutual information), class usage, a collapse check, and the figure",
+    )
+    d.add_argument(
+        "--diagnostic-samples",
+        type=int,
+        default=2000,
+        metavar="M",
+        help="draws of the aggregate posterior, each scored against every posterior of the split",
+    )
+    d.add_argument(
+        "--collapse-threshold",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
+        help="warn of posterior collapse when fewer than this fraction of latent units are in use",
+    )
+    d.add_argument(
+        "--figure",
+        metavar="FILE.png",
+        help="where the posterior-against-prior figure goes (default "
+        "RUN/figures/posterior_vs_prior.png)",
+    )
     _data_args(p)
+
+
+def _traverse_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "traverse",
+        help="decode latent traversals: one unit swept per row, the rest fixed",
+        description="One row per latent unit (the top --rows by KL for larger latents): an "
+        "example's posterior point (or the prior's origin) with that unit swept over its prior "
+        "quantiles (2.5% to 97.5%), or over the classes / codes of a discrete latent.",
+    )
+    _run_arg(p)
+    _split_arg(p)
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--example", type=int, default=0, help="start from this example's posterior point"
+    )
+    start.add_argument(
+        "--origin", action="store_true", help="start from the prior's origin instead"
+    )
+    p.add_argument("--rows", type=int, default=10, help="most latent units shown (rows)")
+    p.add_argument("--steps", type=int, default=9, help="values per unit (columns)")
+    _data_args(p)
+    _out_arg(p, "traversals")
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -320,14 +371,19 @@ def _launch_train(args: argparse.Namespace) -> int:
         raise ConfigError("--nproc must be >= 1")
     if distributed.launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; drop it when launching with torchrun")
+    from .tracking import check_config
+
     argv = _without_option(args.argv, "--nproc")
     run = args.resume or args.out
     if args.resume:
         from . import checkpoint as ckpt
 
-        ckpt.load_config(args.resume)  # a missing or broken run fails here, once
+        config = ckpt.load_config(args.resume)  # a missing or broken run fails here, once
+        train_options = {k: v for k, v in _overrides(args).items() if k.startswith("train.")}
+        check_config(config.replace(**train_options))  # --tensorboard without the package
     else:  # a bad flag or folder fails here, once; every rank gets the same directory
         config = _train_config(args, _overrides(args))
+        check_config(config)
         distributed.check_batch_size(config.train.batch_size, args.nproc)
         if run is None:
             run = str(default_run_dir(config))
@@ -409,6 +465,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--naive must be >= 0")
     if args.report:
         check_output_file(args.report, "--report")
+    figure = None
+    if args.diagnostics:
+        _positive(diagnostic_samples=args.diagnostic_samples)
+        if not 0 <= args.collapse_threshold <= 1:
+            raise ConfigError(
+                f"--collapse-threshold must be a fraction in [0, 1], got {args.collapse_threshold}"
+            )
+        figure = _figure_out(args.run, args.figure, "posterior_vs_prior")
+    elif args.figure:
+        raise ConfigError("--figure is the diagnostics' figure: add --diagnostics")
     model = runs.load_run_model(args.run, _device(args.device))
     ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
     res = evaluate(
@@ -422,6 +488,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.json,
     )
+    if args.diagnostics:
+        res["diagnostics"] = _diagnostics(args, model, ds, res, figure)
     res["run"] = str(args.run)
     report = markdown_report(res, f"aevb evaluation of {args.run}")
     if args.report:
@@ -435,6 +503,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(report, end="")
     return 0
+
+
+def _diagnostics(args: argparse.Namespace, model, ds, res: dict[str, Any], figure: Path) -> dict:
+    """ELBO surgery, usage and collapse of the evaluated split, and their figure."""
+    import torch
+
+    from .diagnostics import diagnose, rank_units
+    from .figures import plot_posterior_vs_prior
+
+    out, sample, prior_z = diagnose(
+        model,
+        ds,
+        args.split,
+        res,
+        samples=args.diagnostic_samples,
+        collapse_threshold=args.collapse_threshold,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    kl, spread = res.get("kl_per_dim"), res.get("au_variance")
+    order = None
+    if kl is not None or spread is not None:
+        n = len(kl if kl is not None else spread)
+        order = rank_units(
+            torch.tensor(kl) if kl is not None else None,
+            torch.tensor(spread) if spread is not None else torch.zeros(n),
+        )
+    plot_posterior_vs_prior(sample.z.cpu(), prior_z.cpu(), model.latent, figure, out, order)
+    out["figure"] = str(figure)
+    return out
 
 
 def _figure_out(run: str, out: str | None, figure: str, suffixes=(".png",)) -> Path:
@@ -533,6 +632,40 @@ def cmd_manifold(args: argparse.Namespace) -> int:
 
     model = runs.load_run_model(args.run)
     plot_manifold(model, out, args.grid, _value_range(args.run))
+    print(out)
+    return 0
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    _positive(rows=args.rows, steps=args.steps)
+    if args.steps < 2:
+        raise ConfigError("--steps must be >= 2")
+    if args.example < 0:
+        raise ConfigError(f"--example must be >= 0, got {args.example}")
+    out = _figure_out(args.run, args.out, "traversals")
+    from . import runs
+    from .figures import plot_traversal
+
+    model = runs.load_run_model(args.run)
+    ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
+    n = ds.size(args.split)
+    if not args.origin and args.example >= n:
+        raise ConfigError(
+            f"--example {args.example} is beyond the {n} examples of the {args.split} split"
+        )
+    # The units are ranked on the first 1000 examples (or up to the one asked for).
+    head = max(1000, args.example + 1)
+    x, y = ds.head(args.split, head).cpu(), ds.head_labels(args.split, head)
+    plot_traversal(
+        model,
+        x,
+        out,
+        y,
+        example=None if args.origin else args.example,
+        rows=args.rows,
+        steps=args.steps,
+        value_range=_value_range(args.run),
+    )
     print(out)
     return 0
 
@@ -644,6 +777,7 @@ COMMANDS = {
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,
     "manifold": cmd_manifold,
+    "traverse": cmd_traverse,
     "embed": cmd_embed,
     "info": cmd_info,
     "datasets": cmd_datasets,

@@ -216,8 +216,14 @@ class TrainConfig:
         20, "stop after this many consecutive steps with a non-finite loss or gradient"
     )
     compile: bool = _f(False, "torch.compile the training step")
-    log_every: int = _f(25, "refresh the progress bar every N steps")
+    log_every: int = _f(
+        25, "refresh the progress bar (and log the TensorBoard step loss) every N steps"
+    )
     figures: bool = _f(True, "draw the figures at the end of training")
+    tensorboard: bool = _f(
+        False,
+        "also log metrics and pictures to RUN/tensorboard/ (needs pip install 'aevb[tensorboard]')",
+    )
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "steps", "batch_size", "eval_batch_size", "log_every")

@@ -125,6 +125,9 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    diagnostics: bool = False,
+    diagnostic_samples: int = 2000,
+    collapse_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Honest likelihood of a whole split: IW log p(x), ELBO, gap, rate, distortion, AU, bits/dim.
 
@@ -142,6 +145,9 @@ def evaluate(
         naive: if > 0, also the naive prior-sampling estimate with this many samples.
         batch_size: examples per encoder pass.
         seed: noise seed (per batch: seed, batch index).
+        diagnostics: also :func:`aevb.diagnostics.diagnose` of the whole split (not sharded):
+            the aggregate posterior against the prior from ``diagnostic_samples`` draws, class
+            usage, and the collapse check at ``collapse_threshold``, under ``diagnostics``.
 
     Returns:
         A JSON-able dict with (means over examples, each with a ``_se`` standard error)
@@ -229,6 +235,20 @@ def evaluate(
         seconds=round(seconds, 3),
         examples_x_k_per_s=acc.n * k / seconds if seconds > 0 else float("nan"),
     )
+    if diagnostics:
+        from .diagnostics import diagnose
+
+        res["diagnostics"], _, _ = diagnose(
+            model,
+            dataset,
+            split,
+            res,
+            samples=diagnostic_samples,
+            collapse_threshold=collapse_threshold,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
     return res
 
 
@@ -318,4 +338,8 @@ def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
             klj = f"{per_dim[j]:.4f}" if per_dim is not None else "n/a"
             v = f"{variances[j]:.4f}" if variances is not None else "n/a"
             lines.append(f"| {j} | {klj} | {v} |")
+    if res.get("diagnostics"):
+        from .diagnostics import markdown_lines
+
+        lines += markdown_lines(res["diagnostics"])
     return "\n".join(lines) + "\n"

@@ -34,6 +34,8 @@ FIGURE_NAMES = {
     "manifold": "manifold.png",
     "latents": "latents.png",
     "curves": "curves.png",
+    "traversals": "traversals.png",
+    "posterior_vs_prior": "posterior_vs_prior.png",
 }
 
 
@@ -318,4 +320,184 @@ def draw_run_figures(
         paths.append(plot_latents(emb, dataset.labels("test"), out / names["latents"]))
         if has_manifold(model):
             paths.append(plot_manifold(model, out / names["manifold"], 20, vr))
+        x, y = dataset.head("test", 1000).to(device), dataset.head_labels("test", 1000)
+        y = y.to(device) if y is not None else None
+        paths.append(plot_traversal(model, x, out / names["traversals"], y, value_range=vr))
     return paths
+
+
+def examples_figure(
+    x: Tensor, value_range: tuple[float, float] = (0, 1), title: str = ""
+) -> plt.Figure:
+    """A figure (not saved) of examples ``[N, *shape]``: a grid, a scatter of 2-D points, or
+    heat-map rows (for TensorBoard's ``add_figure``)."""
+    if tuple(x.shape[1:]) == (2,):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        pts = x.detach().float().cpu().numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.6)
+        ax.set_aspect("equal")
+        ax.set_title(title)
+        return fig
+    return _examples_figure(x, max(1, int(math.ceil(math.sqrt(len(x))))), title, value_range)
+
+
+# --- posterior diagnostics (aevb.diagnostics) ----------------------------------------------
+def plot_traversal(
+    model: nn.Module,
+    x: Tensor,
+    path: str | Path,
+    y: Tensor | None = None,
+    *,
+    example: int | None = 0,
+    rows: int = 10,
+    steps: int = 9,
+    value_range: tuple[float, float] = (0, 1),
+) -> Path:
+    """Latent traversals: each row decodes ``x[example]``'s posterior point (or the prior's
+    origin) with one latent unit swept, every other unit held fixed
+    (:func:`aevb.diagnostics.traversal` says which units and values)."""
+    from .diagnostics import traversal
+
+    t = traversal(model, x, y, example=example, rows=rows, steps=steps)
+    r, s = t.values.shape
+    context = None
+    if y is not None and example is not None:
+        context = y[example : example + 1].expand(r * s, *y.shape[1:])
+    decoded = model.generate(t.z.flatten(0, 1), context)
+    start = f"example {example}'s posterior point" if example is not None else "the prior's origin"
+    what = {"continuous": "prior quantiles", "categorical": "classes", "codes": "codes"}.get(
+        model.latent.kind, "values"
+    )
+    title = f"traversals from {start}: one unit per row over its {what}, the rest fixed"
+    return _save(traversal_figure(decoded, t.row_labels, t.column_labels, title, value_range), path)
+
+
+def traversal_figure(
+    decoded: Tensor,
+    row_labels: list[str],
+    column_labels: list[str],
+    title: str,
+    value_range: tuple[float, float] = (0, 1),
+) -> plt.Figure:
+    """Decoded traversals ``[R * S, *shape]`` as R labelled rows of S columns."""
+    r, s = len(row_labels), len(column_labels)
+    shape = tuple(decoded.shape[1:])
+    if is_image(shape):
+        pad = 1
+        h, w = shape[-2:]
+        arr = image_grid(decoded, s, pad, value_range)
+        scale = min(6.0, max(1.5, 500 / max(arr.shape[:2])))
+        fig, ax = plt.subplots(
+            figsize=(arr.shape[1] * scale / 100 + 1.6, arr.shape[0] * scale / 100 + 0.8)
+        )
+        if arr.shape[-1] == 1:
+            ax.imshow(arr[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(arr[..., :3], interpolation="nearest")
+        ax.set_yticks([pad + i * (h + pad) + h / 2 - 0.5 for i in range(r)], row_labels)
+        ax.set_xticks([pad + j * (w + pad) + w / 2 - 0.5 for j in range(s)], column_labels)
+        ax.tick_params(length=0, labelsize=7)
+        ax.tick_params(axis="x", labelrotation=90)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    else:
+        flat = decoded.reshape(r * s, -1).detach().float().cpu().numpy()
+        fig, ax = plt.subplots(figsize=(7, min(12, 0.12 * r * s + 1.2)))
+        im = ax.imshow(flat, aspect="auto", cmap="viridis", interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="decoded value")
+        ax.set_yticks([i * s + (s - 1) / 2 for i in range(r)], row_labels)
+        for i in range(1, r):
+            ax.axhline(i * s - 0.5, color="white", lw=1)
+        ax.set_xlabel(
+            f"data dimension (each row: {s} steps, {column_labels[0]} to {column_labels[-1]})"
+        )
+        ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_posterior_vs_prior(
+    z_q: Tensor,
+    z_p: Tensor,
+    latent,
+    path: str | Path,
+    diagnostics: dict,
+    order: list[int] | None = None,
+    panels: int = 16,
+) -> Path:
+    """The aggregate posterior q(z) against the prior p(z), from draws of each.
+
+    Continuous latents: a histogram per latent dimension of q(z)'s draws ``z_q`` with the
+    prior's marginal over it (the N(0, 1) density, or a histogram of ``z_p``), for the first
+    ``panels`` dimensions of ``order``. Categorical: class usage per variable, q against p.
+    Codes: code usage pooled over positions, most used first.
+    """
+    from .diagnostics import class_usage, unit_name
+
+    d = diagnostics
+    head = (
+        f"aggregate posterior q(z) against the prior p(z): KL(q(z) || p(z)) = "
+        f"{d['aggregate_kl']:.3f} nats, I(n; z) = {d['mutual_information']:.3f} nats "
+        f"(at most log N = {d['mi_bound']:.3f}), {d['samples']} draws"
+    )
+    if latent.kind == "codes":
+        q_use = class_usage(z_q, latent).mean(0).numpy()
+        p_use = class_usage(z_p, latent).mean(0).numpy()
+        rank = np.argsort(-q_use, kind="stable")[: max(panels * 4, 64)]
+        fig, ax = plt.subplots(figsize=(10, 3.6))
+        ax.bar(np.arange(len(rank)), q_use[rank], color="tab:blue", label="q(z)")
+        ax.step(np.arange(len(rank)), p_use[rank], where="mid", color="tab:orange", label="p(z)")
+        ax.set_xticks(np.arange(len(rank)), [str(k) for k in rank], fontsize=6, rotation=90)
+        ax.set_xlabel("code (most used under q first)")
+        ax.set_ylabel("usage, pooled over positions")
+        ax.legend()
+        ax.set_title(head, fontsize=9)
+        fig.tight_layout()
+        return _save(fig, path)
+    if latent.kind == "categorical":
+        q_use = class_usage(z_q, latent).numpy()
+        p_use = class_usage(z_p, latent).numpy()
+        units = (order or list(range(len(q_use))))[:panels]
+    else:
+        zq = z_q.reshape(len(z_q), -1).double().cpu().numpy()
+        zp = z_p.reshape(len(z_p), -1).double().cpu().numpy()
+        units = (order or list(range(zq.shape[1])))[:panels]
+    ncol = min(4, len(units))
+    nrow = math.ceil(len(units) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow + 0.6), squeeze=False)
+    for ax in axes.flat[len(units) :]:
+        ax.set_visible(False)
+    for ax, u in zip(axes.flat, units, strict=False):
+        if latent.kind == "categorical":
+            c = np.arange(q_use.shape[1])
+            ax.bar(c, q_use[u], color="tab:blue", label="q(z)")
+            ax.step(c, p_use[u], where="mid", color="tab:orange", label="p(z)")
+            ax.set_xlabel("class")
+        else:
+            lo, hi = np.percentile(np.concatenate([zq[:, u], zp[:, u]]), [0.5, 99.5])
+            lo, hi = min(lo, -3.0), max(hi, 3.0)
+            bins = np.linspace(lo, hi, 41)
+            ax.hist(zq[:, u], bins=bins, density=True, color="tab:blue", alpha=0.7, label="q(z)")
+            if latent.standard_normal:
+                grid = np.linspace(lo, hi, 200)
+                ax.plot(
+                    grid,
+                    np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi),
+                    color="tab:orange",
+                    label="N(0, 1)",
+                )
+            else:
+                ax.hist(
+                    zp[:, u],
+                    bins=bins,
+                    density=True,
+                    histtype="step",
+                    color="tab:orange",
+                    label="p(z)",
+                )
+        ax.set_title(unit_name(latent, u), fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(head, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

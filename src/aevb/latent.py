@@ -1,9 +1,14 @@
-"""Walking the latent space: interpolation paths and the 2-D manifold grid (pure functions)."""
+"""Walking the latent space: interpolation paths, the 2-D manifold grid and traversals (pure functions)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .latents import LatentSpace
 
 
 def lerp(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
@@ -42,3 +47,30 @@ def manifold_grid(grid: int, dtype: torch.dtype = torch.float32) -> Tensor:
     z = torch.special.ndtri(u)
     z1, z2 = torch.meshgrid(z, z.flip(0), indexing="xy")
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).to(dtype)
+
+
+def traversal_latents(base: Tensor, units: Tensor, values: Tensor, latent: LatentSpace) -> Tensor:
+    """Rows of latents that each move one unit of ``base``: ``[*z]`` -> ``[R, S, *z]``.
+
+    Row r, column s is ``base`` with unit ``units[r]`` set to ``values[r, s]``; every other
+    entry of z is ``base``'s. A unit is an entry of a continuous z (flattened), a variable of
+    a categorical z ``(V, C)`` (set to the one-hot of class ``values[r, s]``), or a position
+    of a code grid (set to code ``values[r, s]``).
+
+    Args:
+        base: ``[*z]`` the latent every row starts from.
+        units: ``[R]`` (long) flat unit indices.
+        values: ``[R, S]`` the values each row sweeps.
+        latent: the model's :class:`~aevb.latents.LatentSpace` (its kind and shape).
+    """
+    r, s = values.shape
+    rows = torch.arange(r, device=base.device)[:, None]
+    cols = torch.arange(s, device=base.device)[None, :]
+    if latent.kind == "categorical":
+        c = latent.shape[-1]
+        z = base.reshape(-1, c).expand(r, s, -1, c).clone()  # [R, S, V, C]
+        z[rows, cols, units[:, None]] = torch.nn.functional.one_hot(values.long(), c).to(z.dtype)
+    else:
+        z = base.reshape(-1).expand(r, s, -1).clone()  # [R, S, numel]
+        z[rows, cols, units[:, None]] = values.to(z.dtype)
+    return z.reshape(r, s, *latent.shape)

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed, rundir
+from . import distributed, rundir, tracking
 from .accumulate import MeanAccumulator, all_reduce_
 from .config import DataConfig, RunConfig
 from .data import DATASETS, PYTHON_SOURCE, Dataset, check_options_apply, load_dataset, shard_range
@@ -209,6 +209,7 @@ def train(
         AevbError: bad input, a folder that must not be written, divergence.
     """
     build_objective(config)  # an impossible objective fails before anything is touched
+    tracking.check_config(config)  # --tensorboard without the package, likewise
     with distributed.session(resolve_device(config.train.device)) as ctx:
         run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
         run_dir = distributed.broadcast(run_dir)
@@ -233,6 +234,7 @@ def _train(
     ctx: distributed.Context,
 ) -> TrainResult:
     s = _setup(config, run_dir, status, dataset, resume, ctx)
+    s.tracker = tracking.build_tracker(s.config, run_dir, s.prog.step, ctx.is_main)
     t0 = time.perf_counter() - s.prog.wall_time_s
     bar = tqdm(
         total=s.n_steps,
@@ -248,6 +250,7 @@ def _train(
             _run(s, stop, bar, t0)
     finally:
         bar.close()
+        s.tracker.close()
     return _finish(s)
 
 
@@ -275,6 +278,7 @@ class Session:
     good_steps: int = 0  # steps this command applied (not skipped), as of the last check
     good_before_epoch: int = 0
     last_batch: tuple[Tensor, Tensor | None] | None = None  # to check weights before a save
+    tracker: tracking.Tracker = field(default_factory=tracking.NullTracker)
 
 
 def _setup(
@@ -495,6 +499,7 @@ def _train_epoch(
         world_size=ctx.world_size,
     )
     s.model.train()
+    logged = {"n": 0, "loss": 0.0, "neg_elbo": 0.0}  # the tracker's last step values
     for x, y in batches:
         hyper = {name: f(prog.step) for name, f in s.schedules.items()}
         for group in s.optimizer.param_groups:
@@ -527,6 +532,8 @@ def _train_epoch(
             if not bar.disable and acc.n:
                 mean = float(acc.sums["neg_elbo"]) / acc.n  # this rank's slice only
                 bar.set_postfix_str(f"epoch {prog.epoch + 1} neg-ELBO {mean:.3f} nats")
+            if s.tracker.active:
+                _track_steps(s.tracker, acc, logged, prog.step)
         if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
             _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
             _checkpoint(s, t0, check_weights=True)
@@ -541,6 +548,18 @@ def _train_epoch(
             break
     _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
     return acc, skipped
+
+
+def _track_steps(
+    tracker: tracking.Tracker, acc: MeanAccumulator, last: dict[str, Any], step: int
+) -> None:
+    """Mean loss and neg-ELBO over the steps since the last call (this rank's slice; skipped
+    steps count for nothing), to the tracker."""
+    n, sums = acc.n, acc.sums
+    values = {k: float(sums[k]) for k in ("loss", "neg_elbo")}
+    if n > last["n"]:
+        tracker.log_steps(step, {k: (v - last[k]) / (n - last["n"]) for k, v in values.items()})
+    last.update(n=n, **values)
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, bad: Tensor) -> None:
@@ -654,6 +673,7 @@ def _log_epoch(s: Session, acc: MeanAccumulator, t0: float) -> dict[str, Any]:
     s.model.train()
     if ctx.is_main:
         ckpt.append_metrics(s.run_dir, record)
+        s.tracker.log_epoch(prog.step, record, s.schedules, s.model, s.dataset)
     return record
 
 
@@ -757,6 +777,7 @@ def _prepare_run_dir(
         ckpt.truncate_metrics(run_dir, step)
     else:
         (run_dir / rundir.METRICS_FILE).unlink(missing_ok=True)  # of a run that never checkpointed
+        tracking.remove_event_files(run_dir)
         ckpt.save_config(run_dir, config, _info_dict(dataset))
 
 
