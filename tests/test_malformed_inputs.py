@@ -564,6 +564,8 @@ CASES = [
     C("config-bom", lambda c: c.train("--config", c.config('\ufeff{"train": {"steps": 2}}'))),
     C("config-is-a-directory", lambda c: c.train("--config", c.folder("conf"))),
     C("config-missing", lambda c: c.train("--config", c.root / "missing.json")),
+    C("config-dev-zero", lambda c: c.train("--config", "/dev/zero")),
+    C("config-two-megabytes", lambda c: c.train("--config", c.config(" " * 2**21 + "{}"))),
     C("config-with-resume", lambda c: c.resume(c.run(), "--config", c.config("{}"))),
     C(
         "config-input-shape-mismatch",
@@ -884,6 +886,12 @@ CASES = [
     C("train-out-finished-run", lambda c: [*TRAIN, "--out", c.run()]),
     C("train-out-foreign", lambda c: [*TRAIN, "--out", c.file("foreign/x", "x").parent]),
     C("train-out-dot", lambda c: [*TRAIN, "--out", "."]),
+    C("train-default-out", lambda c: [*TRAIN, "--dataset", c.npy(GOOD[:0])]),  # runs/... in cwd
+    C(
+        "train-prior-too-large",
+        lambda c: c.train("--prior", "vamp", "--pseudo-inputs", str(10**12)),
+    ),
+    C("train-samples-too-large", lambda c: c.train("--samples", str(10**11))),
     C(
         "train-out-new-parents",
         lambda c: [*TRAIN, "--dataset", c.npy(GOOD[:0]), "--out", "a/b/run"],

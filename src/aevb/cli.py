@@ -55,6 +55,7 @@ class Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
+CONFIG_MAX_BYTES = 2**20  # a config is a few KB; more is the wrong file (or /dev/zero)
 TRAIN_OPTIONS = ("--config", "--out", "--resume", "--no-progress", "--nproc")
 
 
@@ -289,10 +290,16 @@ def _train_config(args: argparse.Namespace, overrides: dict[str, Any]) -> RunCon
     config = RunConfig()
     if args.config:
         path = Path(args.config)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a JSON file")
+        with open(path, "rb") as f:  # a file, or a pipe: --config <(...)
+            data = f.read(CONFIG_MAX_BYTES + 1)
+        if len(data) > CONFIG_MAX_BYTES:
+            raise ConfigError(f"config file {path} is over 1 MB; a config is a small JSON object")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not text (UTF-8 JSON expected)") from None
         config = RunConfig.from_json(text)
@@ -760,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"aevb {command}: error: out of memory ({_allocation(e)}); ask for less: a "
-            "smaller -n, --grid, --steps, --k, --batch-size, --hidden or dataset",
+            "smaller -n, --grid, --steps, --k, --samples, --batch-size, --hidden or dataset",
             file=sys.stderr,
         )
         return EXIT_ERROR

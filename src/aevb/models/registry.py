@@ -49,8 +49,8 @@ def build_model(config: RunConfig) -> LatentVariableModel:
         if not (is_out_of_memory(e) or "Overflow when unpacking" in str(e)):
             raise
         raise ConfigError(
-            f"--model {name} with --hidden {','.join(map(str, config.model.hidden))} and these "
-            "latent sizes does not fit in memory; choose smaller sizes"
+            f"--model {name} with these sizes (--hidden {','.join(map(str, config.model.hidden))}, "
+            "the latent and prior settings) does not fit in memory; choose smaller ones"
         ) from None
     model.sections = sections  # what the model was built from, to save it beside its weights
     return model
