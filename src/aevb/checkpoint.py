@@ -135,7 +135,7 @@ def read_config_dict(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{run_dir} is not an aevb run: {CONFIG_FILE} is missing")
     try:
         d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
         raise CheckpointError(f"{path} is corrupt (not JSON: {e})") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{path} is corrupt (not a JSON object)")
@@ -153,7 +153,13 @@ def load_config(run_dir: str | Path) -> RunConfig:
 
 
 def load_dataset_info(run_dir: str | Path) -> dict[str, Any]:
-    return read_config_dict(run_dir).get("dataset_info", {})
+    info = read_config_dict(run_dir).get("dataset_info", {})
+    if not isinstance(info, dict):
+        raise CheckpointError(
+            f"{Path(run_dir) / CONFIG_FILE} is corrupt (its dataset_info is not a JSON object); "
+            "restore the file, or retrain"
+        )
+    return info
 
 
 # --- tensors --------------------------------------------------------------------------
@@ -202,6 +208,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Copy ``state`` into ``model``; missing/unexpected keys and shape mismatches are errors."""
+    check_state(model, state, source)
+    model.load_state_dict(state, strict=True)
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Raise a CheckpointError unless ``state`` has exactly the keys and shapes of ``model``'s."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -215,7 +227,6 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             raise CheckpointError(
                 f"{source}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
             )
-    model.load_state_dict(state, strict=True)
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -346,22 +357,25 @@ def load_training_state(
         meta = json.loads(metadata["aevb"])
         if not isinstance(meta, dict):
             raise ValueError
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise CheckpointError(f"{path} is corrupt (no training metadata)") from None
     check_finite({k: v for k, v in tensors.items() if not k.startswith("rng.")}, str(path))
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_strict(unwrap(model), model_state, path)
     state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    for idx, scalars in meta.get("optim_scalars", {}).items():
-        state.setdefault(int(idx), {}).update(scalars)
     try:
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        for idx, scalars in meta.get("optim_scalars", {}).items():
+            state.setdefault(int(idx), {}).update(scalars)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: optimizer state does not match the model ({e})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}: its optimizer state is corrupt or does not match the model ({e}); "
+            "restore the file or start a new run"
+        ) from None
     try:
         torch.set_rng_state(tensors["rng.cpu"])
         cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
@@ -378,10 +392,18 @@ def load_training_state(
     return progress
 
 
-def load_best_weights(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
-    """The best weights kept by early stopping in the training state, or None."""
-    tensors, _ = load_tensors(Path(run_dir) / STATE_FILE)
+def load_best_weights(
+    run_dir: str | Path, model: nn.Module | None = None
+) -> dict[str, torch.Tensor] | None:
+    """The best weights kept by early stopping in the training state, or None.
+
+    With ``model``, they must have its keys and shapes (a CheckpointError otherwise).
+    """
+    path = Path(run_dir) / STATE_FILE
+    tensors, _ = load_tensors(path)
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    if best and model is not None:
+        check_state(unwrap(model), best, f"{path} (its early-stopping weights)")
     return best or None
 
 
@@ -398,18 +420,26 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 continue  # a line cut by a crash
+            if isinstance(record, dict):  # a line of something else is not a record
+                out.append(record)
     return out
+
+
+def _step_of(record: dict[str, Any]) -> float:
+    """A record's step (inf if it has none that is a number: dropped on truncation)."""
+    step = record.get("step")
+    return step if type(step) in (int, float) else math.inf
 
 
 def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
     """Drop metric records logged after the checkpoint being resumed (rewritten atomically)."""
-    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= max_step]
+    records = [r for r in read_metrics(run_dir) if _step_of(r) <= max_step]
     text = "".join(json.dumps(jsonable(r)) + "\n" for r in records)
     atomic_write_text(Path(run_dir) / METRICS_FILE, text)
 

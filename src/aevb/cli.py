@@ -14,15 +14,24 @@ import json
 import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, all_fields, flag, resolve_field, short_names, valid_flags
-from .errors import AevbError, ConfigError
+from .errors import AevbError, CheckpointError, ConfigError, is_out_of_memory
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+def int64(text: str) -> int:
+    """An integer argument within the 64-bit range torch takes (argparse ``type``)."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give an integer below 2**63")
+    return value
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,6 +55,7 @@ class Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
+CONFIG_MAX_BYTES = 2**20  # a config is a few KB; more is the wrong file (or /dev/zero)
 TRAIN_OPTIONS = ("--config", "--out", "--resume", "--no-progress", "--nproc")
 
 
@@ -101,7 +111,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     train_p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train_p.add_argument(
         "--nproc",
-        type=int,
+        type=int64,
         metavar="N",
         help="train in N processes on this machine (torchrun + DistributedDataParallel; "
         "one GPU each on CUDA); --batch-size stays the global batch",
@@ -147,26 +157,26 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _run_arg(p)
     _split_arg(p)
     p.add_argument(
-        "--k", type=int, default=100, help="importance samples per example (5000 for papers)"
+        "--k", type=int64, default=100, help="importance samples per example (5000 for papers)"
     )
     p.add_argument(
         "--naive",
-        type=int,
+        type=int64,
         default=0,
         metavar="N",
         help="also the naive estimate from N prior samples (shows why importance sampling is needed)",
     )
     p.add_argument(
         "--chunk-size",
-        type=int,
+        type=int64,
         default=None,
         help="most (example, sample) pairs decoded at once; bounds memory, not results "
         "(default 2048 on CPU, 262144 on GPU)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", metavar="FILE.md", help="also write a Markdown report")
-    p.add_argument("--batch-size", type=int, default=500, help="examples per encoder pass")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int64, default=500, help="examples per encoder pass")
+    p.add_argument("--seed", type=int64, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d = p.add_argument_group("posterior diagnostics")
     d.add_argument(
@@ -224,12 +234,12 @@ def _traverse_parser(sub: argparse._SubParsersAction) -> None:
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate new data by sampling the prior")
     _run_arg(p)
-    p.add_argument("-n", type=int, default=64, help="number of samples")
+    p.add_argument("-n", type=int64, default=64, help="number of samples")
     p.add_argument("--temperature", type=float, default=1.0, help="sample the prior at T")
     p.add_argument(
         "--mean", action="store_true", help="show E[x|z] instead of a draw of x ~ p(x|z)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int64, default=0)
     _out_arg(p, "samples", "also writes FILE.npy beside it")
 
 
@@ -237,7 +247,7 @@ def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="originals above their reconstructions")
     _run_arg(p)
     _split_arg(p)
-    p.add_argument("-n", type=int, default=16)
+    p.add_argument("-n", type=int64, default=16)
     _data_args(p)
     _out_arg(p, "reconstructions", "also writes FILE.npy beside it")
 
@@ -245,8 +255,8 @@ def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
 def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interpolate", help="decode paths between latents of test examples")
     _run_arg(p)
-    p.add_argument("--steps", type=int, default=10, help="points per path, endpoints included")
-    p.add_argument("--pairs", type=int, default=5, help="number of paths (rows)")
+    p.add_argument("--steps", type=int64, default=10, help="points per path, endpoints included")
+    p.add_argument("--pairs", type=int64, default=5, help="number of paths (rows)")
     p.add_argument(
         "--slerp", action="store_true", help="spherical instead of linear (N(0, I) priors)"
     )
@@ -258,7 +268,7 @@ def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
 def _manifold_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("manifold", help="decode a grid z = Phi^-1(u) (2-D N(0, I) latents only)")
     _run_arg(p)
-    p.add_argument("--grid", type=int, default=20, help="grid points per axis")
+    p.add_argument("--grid", type=int64, default=20, help="grid points per axis")
     _out_arg(p, "manifold")
 
 
@@ -352,10 +362,16 @@ def _train_config(args: argparse.Namespace, overrides: dict[str, Any]) -> RunCon
     config = RunConfig()
     if args.config:
         path = Path(args.config)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a JSON file")
+        with open(path, "rb") as f:  # a file, or a pipe: --config <(...)
+            data = f.read(CONFIG_MAX_BYTES + 1)
+        if len(data) > CONFIG_MAX_BYTES:
+            raise ConfigError(f"config file {path} is over 1 MB; a config is a small JSON object")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not text (UTF-8 JSON expected)") from None
         config = RunConfig.from_json(text)
@@ -379,12 +395,14 @@ def _launch_train(args: argparse.Namespace) -> int:
         from . import checkpoint as ckpt
 
         config = ckpt.load_config(args.resume)  # a missing or broken run fails here, once
-        train_options = {k: v for k, v in _overrides(args).items() if k.startswith("train.")}
-        check_config(config.replace(**train_options))  # --tensorboard without the package
-    else:  # a bad flag or folder fails here, once; every rank gets the same directory
+        changes = {k: v for k, v in _overrides(args).items() if resolve_field(k)[0] == "train"}
+        check_config(config.replace(**changes))  # --tensorboard without the package
+        _check_data(config.replace(**changes))
+    else:  # a bad flag, folder or data file fails here, once; every rank gets the same directory
         config = _train_config(args, _overrides(args))
         check_config(config)
         distributed.check_batch_size(config.train.batch_size, args.nproc)
+        _check_data(config)
         if run is None:
             run = str(default_run_dir(config))
             argv += ["--out", run]
@@ -406,6 +424,21 @@ def _launch_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return code
+
+
+def _check_data(config: RunConfig) -> None:
+    """What every process checks before training (the data, and the model it needs), checked
+    once before starting N processes, so that bad data fails with one line."""
+    from .data import check_options_apply, load_dataset
+    from .models import build_model
+    from .train import resolve_device, resolve_model_config
+
+    resolve_device(config.train.device)
+    check_options_apply(config.data)
+    dataset = load_dataset(config.data)  # dropped at once: each process loads its own
+    model = build_model(resolve_model_config(config, dataset))
+    for x, _ in dataset.eval_batches("train", config.train.eval_batch_size):
+        model.likelihood.check_data(x)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -430,10 +463,11 @@ def _print_summary(m: dict[str, Any]) -> None:
         v = m.get(key)
         return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
 
+    wall = m.get("wall_time_s", 0)  # a hand-edited metrics.jsonl may hold anything
+    wall = f"{wall:.1f}s" if isinstance(wall, (int, float)) else "n/a"
     print(
-        f"step {m['step']}  epoch {m['epoch']}  valid neg-ELBO {num('valid_neg_elbo')} "
-        f"nats/example (recon NLL {num('valid_recon_nll')}, KL {num('valid_kl')})  "
-        f"wall {m.get('wall_time_s', 0):.1f}s"
+        f"step {m.get('step')}  epoch {m.get('epoch')}  valid neg-ELBO {num('valid_neg_elbo')} "
+        f"nats/example (recon NLL {num('valid_recon_nll')}, KL {num('valid_kl')})  wall {wall}"
     )
     if m.get("best_epoch") is not None:
         why = "stopped early; " if m.get("stopped_early") else ""
@@ -463,6 +497,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _positive(k=args.k, chunk_size=args.chunk_size, batch_size=args.batch_size)
     if args.naive < 0:
         raise ConfigError("--naive must be >= 0")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if args.report:
         check_output_file(args.report, "--report")
     figure = None
@@ -542,14 +578,26 @@ def _figure_out(run: str, out: str | None, figure: str, suffixes=(".png",)) -> P
     from .rundir import FIGURES_DIR, check_output_file
 
     path = Path(out) if out is not None else Path(run) / FIGURES_DIR / FIGURE_NAMES[figure]
-    return check_output_file(path, "--out", suffixes)
+    path = check_output_file(path, "--out", suffixes)
+    if figure in ("samples", "reconstructions"):  # FILE.npy is written beside these
+        check_output_file(path.with_suffix(".npy"), "--out (its .npy beside)")
+    return path
 
 
 def _value_range(run: str) -> tuple[float, float]:
     from .checkpoint import load_dataset_info
 
     vr = load_dataset_info(run).get("value_range", [0.0, 1.0])
-    return float(vr[0]), float(vr[1])
+    try:
+        lo, hi = (float(v) for v in vr) if isinstance(vr, list) else (math.nan, math.nan)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise CheckpointError(
+            f"{Path(run) / 'config.json'} is corrupt (dataset_info.value_range {vr!r} is not two "
+            "numbers); restore the file, or retrain"
+        )
+    return lo, hi
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -563,12 +611,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .figures import plot_samples
 
     model = runs.load_run_model(args.run)
+    vr = _value_range(args.run)  # a corrupt record fails before anything is written
     gen = torch.Generator().manual_seed(args.seed)
     x = model.sample(args.n, temperature=args.temperature, mean=args.mean, generator=gen)
     _write_picture_and_array(
-        out,
-        x,
-        lambda: plot_samples(x, out, _value_range(args.run), f"samples, T = {args.temperature:g}"),
+        out, x, lambda: plot_samples(x, out, vr, f"samples, T = {args.temperature:g}")
     )
     print(out)
     return 0
@@ -577,11 +624,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _write_picture_and_array(out: Path, x, draw) -> None:
     """The picture and FILE.npy beside it, both or neither."""
     npy = out.with_suffix(".npy")
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     _save_npy(npy, x.cpu().numpy())
     try:
         draw()
     except BaseException:
         npy.unlink(missing_ok=True)
+        for folder in made:  # and the folders made for them
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 
@@ -592,12 +645,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .figures import plot_reconstructions
 
     model = runs.load_run_model(args.run)
+    vr = _value_range(args.run)
     ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
     x, y = ds.head(args.split, args.n).cpu(), ds.head_labels(args.split, args.n)
     x_hat = model.reconstruct(x, y)
-    _write_picture_and_array(
-        out, x_hat, lambda: plot_reconstructions(x, x_hat, out, _value_range(args.run))
-    )
+    _write_picture_and_array(out, x_hat, lambda: plot_reconstructions(x, x_hat, out, vr))
     print(out)
     return 0
 
@@ -708,11 +760,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     d = ckpt.read_config_dict(args.run)
     config = ckpt.load_config(args.run)  # validates
+    info = ckpt.load_dataset_info(args.run)
     metrics = ckpt.read_metrics(args.run)
     run = Path(args.run)
     step = rundir.state_step(run)
     if (run / rundir.MODEL_FILE).is_file():
-        status = {"status": "finished", "step": metrics[-1]["step"] if metrics else step}
+        status = {"status": "finished", "step": metrics[-1].get("step") if metrics else step}
     else:
         status = {"status": "unfinished", "step": step}
     final = metrics[-1] if metrics else {}
@@ -735,7 +788,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"[{section}]")
         for k, v in values.items():
             print(f"  {k} = {v}")
-    info = d.get("dataset_info")
     if info:
         print(f"[dataset] {info.get('name')}: shape {info.get('shape')}, sizes {info.get('sizes')}")
     if final:
@@ -794,6 +846,11 @@ class _NoteFormatter(logging.Formatter):
         return f"aevb {self.command}: note: {record.getMessage()}"
 
 
+def _warning_as_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one note line, not Python's two (with a line of its source)."""
+    logging.getLogger("aevb").warning("%s", " ".join(str(message).split()))
+
+
 def _on_rank_zero(record: logging.LogRecord) -> bool:
     """Notes are printed once, by rank 0, when several processes train together."""
     import os
@@ -806,6 +863,16 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[-1].strip() if len(lines) > 1 and "Traceback" in text else " ".join(lines)
+
+
+def _allocation(e: BaseException) -> str:
+    """What a failed allocation asked for, in a few words."""
+    import re
+
+    found = re.search(r"allocate (\d+) bytes", str(e))
+    if found:
+        return f"{int(found[1]) / 2**30:.3g} GiB asked for at once"
+    return _one_line(e)[:200]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -830,9 +897,11 @@ def main(argv: list[str] | None = None) -> int:
         handler.addFilter(_on_rank_zero)
         logger.addHandler(handler)
         logger.propagate = False
+        show_warning, warnings.showwarning = warnings.showwarning, _warning_as_note
         try:
             return COMMANDS[command](args)
         finally:
+            warnings.showwarning = show_warning
             logger.removeHandler(handler)
             logger.propagate = True
     except AevbError as e:
@@ -853,6 +922,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:
         print(f"aevb {command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except (MemoryError, RuntimeError) as e:  # a size asked for that does not fit; else a bug
+        if not is_out_of_memory(e):
+            raise
+        print(
+            f"aevb {command}: error: out of memory ({_allocation(e)}); ask for less: a "
+            "smaller -n, --grid, --steps, --k, --samples, --batch-size, --hidden or dataset",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

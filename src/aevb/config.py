@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -166,6 +167,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset.strip() == "":
             raise ConfigError("--dataset is empty; give a dataset name or a path")
+        for name in ("dataset", "data_dir"):
+            value = getattr(self, name)
+            if value and value.startswith("~") and os.path.expanduser(value).startswith("~"):
+                raise ConfigError(
+                    f"{_flag(name)} {value}: there is no such user's home folder; give the full path"
+                )
         _at_least(self, 0, "split_seed", "memory_budget_mb", "num_workers")
         _at_least(self, 3, "synthetic_size")
         for name in ("valid_fraction", "test_fraction"):
@@ -174,9 +181,9 @@ class DataConfig:
                 raise ConfigError(f"{_flag(name)} must be in (0, 1), got {value}")
         if self.valid_fraction + self.test_fraction >= 1:
             raise ConfigError("--valid-fraction and --test-fraction must sum below 1")
-        if any(s < 1 for s in self.image_size) or len(self.image_size) > 2:
+        if any(not 1 <= s <= 2**16 for s in self.image_size) or len(self.image_size) > 2:
             raise ConfigError(
-                f"--image-size must be one or two sizes >= 1 (H,W), got {self.image_size}"
+                f"--image-size must be one or two sizes from 1 to 65536 (H,W), got {self.image_size}"
             )
         if self.columns is not None and not [c for c in self.columns.split(",") if c.strip()]:
             raise ConfigError(f"--columns {self.columns!r} names no column; e.g. --columns a,b,c")
@@ -425,6 +432,12 @@ class RunConfig:
             raise ConfigError(
                 "a config must be a JSON object with sections model, data, train, ..."
             )
+        version = d.get("config_version", CONFIG_VERSION)
+        if type(version) is not int or not 1 <= version <= CONFIG_VERSION:
+            raise ConfigError(
+                f"config_version {version!r} is not one this aevb reads (1 to {CONFIG_VERSION}); "
+                "a newer aevb wrote it: upgrade aevb, or drop the field"
+            )
         d = migrate(d)
         unknown = set(d) - set(CORE) - set(VARIANTS) - {"aevb_version", "config_version"}
         if unknown:
@@ -436,9 +449,12 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         try:
-            return cls.from_dict(json.loads(text))
+            d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"config is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting too deep
+            raise ConfigError(f"config is not a usable JSON object: {e}") from None
+        return cls.from_dict(d)
 
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with flat field overrides (``latent_dim=8``, ``iwae.k=10``) routed to their section.
@@ -601,12 +617,18 @@ def coerce(cls: type, name: str, value: Any) -> Any:
     flag = _flag(name)
     try:
         out = _coerce_type(tp, value)
+    except IntegerRangeError:
+        raise ConfigError(f"{flag} is out of range; give integers below 2**63") from None
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{flag} expects {_type_name(tp)}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
         raise ConfigError(f"{flag} must be one of {list(choices)}, got {out!r}")
     return out
+
+
+class IntegerRangeError(OverflowError):
+    """An integer beyond the 64-bit range."""
 
 
 def _coerce_type(tp: Any, value: Any) -> Any:
@@ -637,13 +659,14 @@ def _coerce_type(tp: Any, value: Any) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise TypeError
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError
-            return int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
         if isinstance(value, str) and value.strip().lower() in ("inf", "-inf", "nan"):
             raise ValueError
-        return int(value)
+        out = int(value)
+        if not -(2**63) <= out < 2**63:  # what torch (seeds, sizes) can take
+            raise IntegerRangeError
+        return out
     if tp is float:
         if isinstance(value, bool):
             raise TypeError

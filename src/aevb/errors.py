@@ -30,3 +30,17 @@ class TrainingInterrupted(AevbError):
     """Training stopped on Ctrl-C or SIGTERM; the message says what was saved (exit 130)."""
 
     exit_code = 130
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` reports a failed allocation (a size asked for that does not fit).
+
+    Python and NumPy raise MemoryError; torch's CPU allocator a RuntimeError ("can't
+    allocate memory"), its CUDA allocator ``torch.OutOfMemoryError`` (a RuntimeError).
+    """
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError"
+    )

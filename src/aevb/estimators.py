@@ -48,7 +48,7 @@ def sample_noise(
     if noise.deterministic:
         return out
     for k in range(k0, k1):
-        g.manual_seed(seed * 1_000_003 + k)
+        g.manual_seed((seed * 1_000_003 + k) % 2**64)  # what torch takes, for any seed >= 0
         noise.fill_(out[k - k0], g)
     return out
 
@@ -149,7 +149,7 @@ def naive_prior(
         k1 = min(n, k0 + c)
         zs = []
         for i in range(k0, k1):
-            g.manual_seed(seed * 1_000_003 + i)
+            g.manual_seed((seed * 1_000_003 + i) % 2**64)
             zs.append(prior.sample(1, 1.0, generator=g))
         z = torch.stack(zs)  # [c, 1, *z]: decoded once, scored against all B examples
         lse = torch.logaddexp(lse, torch.logsumexp(model.log_likelihood(x, z, y), dim=0))

@@ -28,7 +28,7 @@ def device_of(model: nn.Module) -> torch.device:
 
 def batch_seed(seed: int, batch_index: int) -> int:
     """Seed of the noise for evaluation batch ``batch_index`` (independent of world size)."""
-    return seed * 1_000_003 + batch_index
+    return (seed * 1_000_003 + batch_index) % 2**64  # what torch takes, for any seed >= 0
 
 
 @torch.no_grad()

@@ -83,7 +83,7 @@ def inspect(run_dir: Path) -> RunStatus:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -98,7 +98,7 @@ def state_step(run_dir: Path) -> int | None:
             header = json.loads(f.read(n))
         meta = json.loads(header["__metadata__"]["aevb"])
         return int(meta["progress"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -129,7 +129,13 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunInUseError` at once (no waiting)."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a folder or a dangling link of that name, a read-only folder
+                raise CheckpointError(
+                    f"cannot lock {self.run_dir}: {self.path} cannot be opened ({e.strerror}); "
+                    "remove it if it is not a file"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -191,21 +197,25 @@ class Claim:
         status: what it held when claimed.
         created: whether claiming created the folder (then a failure before the first
             write removes it again).
+        top: the outermost folder claiming created (``run_dir`` or one of its parents).
     """
 
     run_dir: Path
     status: RunStatus
     created: bool
     lock: RunLock
+    top: Path | None = None
 
     def release(self, failed: bool = False) -> None:
-        """Release the lock; after a failure, remove a folder this claim created if it is still empty."""
+        """Release the lock; after a failure, remove what a new run wrote before its first
+        checkpoint (its config and metrics: nothing to continue from), then the folders this
+        claim created if they are empty."""
+        if failed and self.status.kind == "new" and not (self.run_dir / STATE_FILE).exists():
+            for name in (CONFIG_FILE, METRICS_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
         self.lock.release()
         if failed and self.created:
-            try:
-                self.run_dir.rmdir()  # only succeeds when nothing was written
-            except OSError:
-                pass
+            _rmdir_quietly(self.run_dir, self.top)  # only succeeds when nothing else was written
 
 
 def claim(run_dir: Path, resume: bool) -> Claim:
@@ -225,6 +235,9 @@ def claim(run_dir: Path, resume: bool) -> Claim:
     if not resume and (why := refusal(run_dir, before)):
         raise ConfigError(why)
     created = not run_dir.exists()
+    top = run_dir  # the outermost folder that mkdir creates
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -234,21 +247,26 @@ def claim(run_dir: Path, resume: bool) -> Claim:
         lock.acquire()
     except BaseException:
         if created:
-            _rmdir_quietly(run_dir)
+            _rmdir_quietly(run_dir, top)
         raise
     status = inspect(run_dir)  # again, now that no one else can change it
     if not resume and (why := refusal(run_dir, status)):
         lock.release()
         raise ConfigError(why)
     remove_stale_temporaries(run_dir)
-    return Claim(run_dir, status, created, lock)
+    return Claim(run_dir, status, created, lock, top)
 
 
-def _rmdir_quietly(path: Path) -> None:
-    try:
-        path.rmdir()
-    except OSError:
-        pass
+def _rmdir_quietly(path: Path, top: Path | None = None) -> None:
+    """Remove the empty folder ``path``, and its parents up to ``top`` while they are empty."""
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if top is None or path == top or path.parent == path:
+            return
+        path = path.parent
 
 
 # --- outputs named by the user --------------------------------------------------------------
@@ -256,7 +274,8 @@ def check_output_file(path: str | Path, flag: str, suffixes: tuple[str, ...] = (
     """Check, before any work, that a file can be written at ``path``.
 
     Raises:
-        ConfigError: a directory, a wrong suffix, a parent that cannot be created or written.
+        ConfigError: a directory, a pipe or device, a wrong suffix, a parent that cannot be
+            created or written.
     """
     path = Path(path)
     if str(path) in ("", "."):
@@ -273,6 +292,10 @@ def check_output_file(path: str | Path, flag: str, suffixes: tuple[str, ...] = (
         raise ConfigError(f"{flag} {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+    if path.exists() and not path.is_file():  # replacing a pipe or a device would be a surprise
+        raise ConfigError(
+            f"{flag} {path} is not a regular file (a pipe or device); give a file name"
+        )
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{flag} {path} exists and is not writable")
     return path

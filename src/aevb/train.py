@@ -50,7 +50,7 @@ from . import distributed, rundir, tracking
 from .accumulate import MeanAccumulator, all_reduce_
 from .config import DataConfig, RunConfig
 from .data import DATASETS, PYTHON_SOURCE, Dataset, check_options_apply, load_dataset, shard_range
-from .errors import AevbError, ConfigError, TrainingInterrupted
+from .errors import AevbError, CheckpointError, ConfigError, TrainingInterrupted
 from .evaluate import evaluate_objective
 from .models import LatentVariableModel, build_model
 from .objectives import Objective, ObjectiveOutput, build_objective
@@ -97,9 +97,34 @@ class Progress:
         if "epoch_start_step" not in d:  # written by aevb 0.1: one batch size throughout
             p.epoch_start_step = p.epoch * steps_per_epoch
             p.batch_size = batch_size
+        p._check()
         if p.best_valid is not None and not math.isfinite(p.best_valid):
             p.best_valid = None
         return p
+
+    def _check(self) -> None:
+        """Refuse a progress record whose fields have the wrong type or sign (a corrupt file)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None and "None" in str(f.type):
+                continue
+            if str(f.type).startswith("bool"):
+                ok = type(v) is bool
+            elif str(f.type).startswith("int"):
+                ok = type(v) is int and v >= 0
+            else:
+                ok = type(v) in (int, float)
+            if not ok:
+                raise CheckpointError(
+                    f"{rundir.STATE_FILE} is corrupt (its progress has {f.name} = {v!r}); "
+                    "restore the file, or start a new run"
+                )
+        if self.epoch_start_step > self.step:
+            raise CheckpointError(
+                f"{rundir.STATE_FILE} is corrupt (its epoch starts at step "
+                f"{self.epoch_start_step}, after step {self.step}); restore the file, or start "
+                "a new run"
+            )
 
     @property
     def at_epoch_boundary(self) -> bool:
@@ -325,7 +350,7 @@ def _setup(
         _check_resumable(run_dir, prog, batch_size)
         if prog.at_epoch_boundary:
             prog.batch_size = batch_size
-        best_weights = ckpt.load_best_weights(run_dir) if tc.patience is not None else None
+        best_weights = ckpt.load_best_weights(run_dir, model) if tc.patience is not None else None
         distributed.sync_device_rng(device)
     else:
         model.data_init(dataset.head("train", 4096).to(device))
@@ -374,6 +399,11 @@ def _continues(run_dir: Path, status: rundir.RunStatus, config: RunConfig) -> bo
         raise ConfigError(
             f"{run_dir} holds an unfinished run with another configuration; nothing was "
             f"written: continue it with `aevb train --resume {run_dir}`, or give another --out"
+        )
+    if status.step is None and (run_dir / rundir.STATE_FILE).exists():
+        raise CheckpointError(
+            f"{run_dir} holds an unfinished run whose {rundir.STATE_FILE} cannot be read; nothing "
+            "was written: restore the file, or delete it to start the run again"
         )
     if status.step is None:
         return False  # it stopped before its first checkpoint: start it again

@@ -132,6 +132,8 @@ def _load(config: DataConfig) -> Dataset:
                 f"cannot read {path}: give a folder of images or a file ending in "
                 f"{', '.join(sorted(FILE_LOADERS))}"
             )
+        if not path.is_file():  # reading a pipe or a device would wait, or never end
+            raise DataError(f"{path} is not a regular file (a pipe or device); give a data file")
         return loader(path, config)
     if any(sep in name for sep in "/\\."):
         raise DataError(f"data path {name} does not exist")

@@ -16,6 +16,7 @@ The suggested likelihood is bernoulli when all values lie in [0, 1], gaussian ot
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,30 @@ def _read(path: Path) -> dict[str, np.ndarray]:
             f"{path} is not a NumPy {path.suffix} file (it does not start with {magic!r})"
         )
     try:
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             return {"x": np.load(path, allow_pickle=False)}
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
+        for k, v in arrays.items():
+            if not isinstance(v, np.ndarray):  # NumPy hands back the raw bytes of such members
+                raise DataError(f"{path}: member {k!r} is not a NumPy array (.npy); re-save it")
+        return arrays
+    except DataError:
+        raise
+    except MemoryError as e:  # a header declaring more than memory holds
+        raise DataError(
+            f"cannot read {path}: {e}; the file is corrupt, or too large for memory"
+        ) from None
     except ValueError as e:
         if "pickle" in str(e):
             raise DataError(
                 f"{path} holds Python objects; aevb never unpickles data: save a numeric array"
             ) from None
         raise DataError(f"cannot read {path}: {e}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
+    except RuntimeError as e:  # zipfile: an encrypted member
+        raise DataError(f"cannot read {path}: {e}; save it without a password") from None
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -62,7 +62,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     Returns:
         ``[n]`` int64 permutation (on the CPU).
     """
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)  # any seed >= 0
     return torch.randperm(n, generator=g)
 
 

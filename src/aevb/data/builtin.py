@@ -76,7 +76,9 @@ def load_ring(config: DataConfig) -> Dataset:
 def load_moons(config: DataConfig) -> Dataset:
     from sklearn.datasets import make_moons
 
-    x, y = make_moons(config.synthetic_size, noise=0.05, random_state=config.split_seed)
+    # scikit-learn takes seeds below 2**32 (the same data for every seed that worked before)
+    seed = config.split_seed % 2**32
+    x, y = make_moons(config.synthetic_size, noise=0.05, random_state=seed)
     return _synthetic(
         "moons",
         torch.tensor(x, dtype=torch.float32),

@@ -48,7 +48,10 @@ def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(data_dir).expanduser()
     env = os.environ.get(ENV_VAR)
     if env:
-        return Path(env).expanduser()
+        try:
+            return Path(env).expanduser()
+        except RuntimeError:  # ~user of no such user
+            raise DataError(f"${ENV_VAR}={env}: there is no such user's home folder") from None
     return Path.home() / ".cache" / "aevb"
 
 

@@ -20,6 +20,7 @@ DataLoader workers); the choice is logged.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -38,6 +39,17 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAY_MODES = frozenset({"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N"})
+
+# What Pillow raises for a file it cannot decode; a DecompressionBombError is a header
+# declaring more than twice Image.MAX_IMAGE_PIXELS.
+UNREADABLE = (UnidentifiedImageError, OSError, Image.DecompressionBombError)
+
+
+def _open(path: str | Path) -> Image.Image:
+    """``Image.open`` without its multi-line warning for large images (the user's own files)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def _is_image(p: Path) -> bool:
@@ -87,10 +99,10 @@ def inspect_images(files: list[Path]) -> tuple[Counter, int]:
     gray = True
     for f in files:
         try:
-            with Image.open(f) as im:
+            with _open(f) as im:
                 sizes[(im.height, im.width)] += 1
                 gray = gray and im.mode in GRAY_MODES
-        except (UnidentifiedImageError, OSError) as e:
+        except UNREADABLE as e:
             raise DataError(f"cannot read image {f} ({e}); remove or re-save it") from None
     return sizes, 1 if gray else 3
 
@@ -115,14 +127,14 @@ def target_size(image_size: tuple[int, ...], sizes: Counter, root: Path) -> tupl
 def decode_image(path: str | Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     """One image file as ``[channels, H, W]`` uint8, converted and resized (bilinear)."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             if im.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits
                 im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
             im = im.convert("L" if channels == 1 else "RGB")
             if (im.height, im.width) != size:
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             a = np.array(im, dtype=np.uint8)  # a writable copy
-    except (UnidentifiedImageError, OSError) as e:
+    except UNREADABLE as e:
         raise DataError(f"cannot read image {path} ({e}); remove or re-save it") from None
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 

@@ -15,6 +15,7 @@ survive a resume.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -136,15 +137,18 @@ class StreamingDataset(Dataset):
         """Batches of ``split`` (lists of example indices), decoded by the worker processes."""
         if not batches:
             return
-        loader = DataLoader(
-            self._source(split),
-            batch_sampler=batches,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator(),  # keeps the loader off the global RNG
-        )
+        with warnings.catch_warnings():  # more workers than CPUs: the user asked for them
+            warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+            loader = DataLoader(
+                self._source(split),
+                batch_sampler=batches,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator(),  # keeps the loader off the global RNG
+            )
+            read = iter(loader)
         try:
-            for idx, x in zip(batches, loader, strict=True):
+            for idx, x in zip(batches, read, strict=True):
                 yield self._binarize(x, split, idx, eval_split).to(self.device, non_blocking=True)
         except DataError as e:  # raised in a worker: keep its message, drop its traceback
             raise DataError(_worker_message(str(e))) from None

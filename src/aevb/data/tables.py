@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from .base import Dataset, DatasetInfo, split_indices
 
 
@@ -155,7 +155,18 @@ def restandardize(ds: Dataset, recorded: dict) -> Dataset:
         and rec.get("std") == now.get("std")
     ):
         return ds
-    m_rec, s_rec = np.asarray(rec["mean"]), np.asarray(rec["std"])
+    try:  # the run's config.json, as recorded (or as damaged since)
+        m_rec = np.asarray(rec["mean"], dtype=np.float64)
+        s_rec = np.asarray(rec["std"], dtype=np.float64)
+        finite = np.isfinite(m_rec).all() and np.isfinite(s_rec).all()
+        usable = m_rec.shape == s_rec.shape and finite and (s_rec > 0).all()
+    except (KeyError, TypeError, ValueError):
+        usable = False
+    if not usable:
+        raise CheckpointError(
+            "the run's config.json is corrupt (its dataset_info.transform.standardize is not a "
+            "mean and a positive std per column); restore the file, or retrain"
+        )
     m_now, s_now = np.asarray(now["mean"]), np.asarray(now["std"])
     if m_rec.shape != m_now.shape:
         raise DataError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_out_of_memory
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -43,6 +43,14 @@ def build_model(config: RunConfig) -> LatentVariableModel:
     from ..config import VARIANTS
 
     sections = {n: v for n, v in config.variants.items() if VARIANTS[n].switch[0] == "model"}
-    model = cls(config.model, sections)
+    try:
+        model = cls(config.model, sections)
+    except (MemoryError, RuntimeError, TypeError) as e:  # TypeError: a size beyond int64
+        if not (is_out_of_memory(e) or "Overflow when unpacking" in str(e)):
+            raise
+        raise ConfigError(
+            f"--model {name} with these sizes (--hidden {','.join(map(str, config.model.hidden))}, "
+            "the latent and prior settings) does not fit in memory; choose smaller ones"
+        ) from None
     model.sections = sections  # what the model was built from, to save it beside its weights
     return model
