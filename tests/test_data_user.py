@@ -317,10 +317,9 @@ def test_cli_reports_bad_data_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_readme_datasets_example_runs(tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("<!-- section: datasets -->")[1].split("<!-- /section: datasets -->")[0]
-    blocks = re.findall(r"```py\n(.*?)```", section, flags=re.S)
+def test_docs_datasets_example_runs(tmp_path, monkeypatch):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    blocks = re.findall(r"```py\n(.*?)```", doc, flags=re.S)
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
