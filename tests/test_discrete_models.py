@@ -283,6 +283,17 @@ def test_vqvae_logs_codebook_metrics_and_counts_restarts(vq_run):
     assert {"reconstructions.png", "codebook_usage.png", "samples.png"} <= names
 
 
+def test_checkpoint_checks_leave_the_codebook_state_alone(tmp_path):
+    """Saving mid-epoch first checks the weights on the last batch; that forward pass must
+    not move an EMA codebook or restart entries, or the checkpoints would change the run."""
+    flags = [*VQVAE, "--ema", "--restart-after", "2", *QUIET, "--steps", "20", "--figures", "false"]
+    assert run_cli("train", *flags, "--out", tmp_path / "a").code == 0
+    res = run_cli("train", *flags, "--checkpoint-every", "3", "--out", tmp_path / "b")
+    assert res.code == 0, res.err
+    a, b = (_tensors(tmp_path / r / ckpt.MODEL_FILE) for r in "ab")
+    assert state_dicts_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def prior_run(vq_run, tmp_path_factory) -> Path:
     """vq_run with its prior fitted for 30 steps (an epoch is 11 steps at batch 128)."""
