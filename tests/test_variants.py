@@ -2,8 +2,8 @@
 bit-exactly, every CLI command, and two processes equal one.
 
 A variant is only a set of flags; nothing here branches on the model's kind except where a
-command does not apply to its latent space (the manifold grid, spherical interpolation),
-and there the command must refuse in one line.
+command does not apply to its latent space (the manifold grid, spherical interpolation,
+interpolation between codebook indices), and there the command must refuse in one line.
 """
 
 from __future__ import annotations
@@ -51,6 +51,19 @@ VARIANTS = {
         "--latent-dim",
         "3",
     ],
+    # tau falls every 4 steps: the resume must pick the schedule up where it was.
+    "gumbel": ["--model", "gumbel", "--variables", "3", "--categories", "4", "--tau-every", "4"]
+    + ["--tau-rate", "0.05", "--tau-min", "0.3"],
+    "gumbel-st": ["--model", "gumbel", "--straight-through", "--variables", "3", "--categories"]
+    + ["4", "--arch", "conv", "--hidden", "8"],
+    # codes on a 4 x 4 grid, gradient codebook; on a 2 x 2 grid with EMA. Both restart dead
+    # entries (which draws from the RNG), so the resumes cross restarts.
+    "vqvae": ["--model", "vqvae", "--arch", "conv", "--hidden", "8", "--codebook-size", "16"]
+    + ["--code-dim", "4", "--res-blocks", "1", "--restart-after", "3"]
+    + ["--pixelcnn-channels", "8", "--pixelcnn-layers", "2"],
+    "vqvae-ema": ["--model", "vqvae", "--arch", "conv", "--hidden", "8,8", "--codebook-size"]
+    + ["16", "--code-dim", "4", "--ema", "--restart-after", "2"]
+    + ["--pixelcnn-channels", "8", "--pixelcnn-layers", "2"],
 }
 STEPS = 30  # an epoch is 22 steps: the resume crosses an epoch boundary
 
@@ -109,7 +122,6 @@ def test_every_command_runs(variant):
         ["sample", run, "-n", "4", "--out", out / "s.png"],
         ["sample", run, "-n", "4", "--temperature", "0.5", "--out", out / "t.png"],
         ["reconstruct", run, "-n", "4", "--out", out / "r.png"],
-        ["interpolate", run, "--pairs", "2", "--steps", "3", "--out", out / "i.png"],
         ["embed", run, "--out", out / "z.npy"],
         ["info", run],
         ["traverse", run, "--rows", "3", "--steps", "3", "--out", out / "tr.png"],
@@ -131,6 +143,10 @@ def test_every_command_runs(variant):
     assert z.shape == (180, model.latent.summary_dim)
     for cmd, applies in (
         (
+            ["interpolate", run, "--pairs", "2", "--steps", "3", "--out", out / "i.png"],
+            model.latent.kind != "codes",  # no straight line between codebook indices
+        ),
+        (
             ["manifold", run, "--out", out / "m.png"],
             model.latent.shape == (2,) and model.latent.standard_normal,
         ),
@@ -143,7 +159,9 @@ def test_every_command_runs(variant):
             assert_one_line_error(res)
 
 
-@pytest.mark.parametrize("name", ["iwae", "hvae", "vamp", "beta-cyclical-freebits"])
+@pytest.mark.parametrize(
+    "name", ["iwae", "hvae", "vamp", "beta-cyclical-freebits", "gumbel", "vqvae", "vqvae-ema"]
+)
 def test_two_processes_equal_one(name, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = [*BASE, *VARIANTS[name], "--steps", "6"]

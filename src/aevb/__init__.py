@@ -51,6 +51,7 @@ _EXPORTS = {
     "TrainResult": ("train", "TrainResult"),
     "resume": ("train", "resume"),
     "train": ("train", "train"),
+    "train_prior": ("prior_fit", "train_prior"),
 }
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "resume",
     "save",
     "train",
+    "train_prior",
     "__version__",
 ]
 
@@ -142,4 +144,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .likelihoods import register_likelihood
     from .models import VAE, LatentVariableModel, build_model, register_model
     from .objectives import ObjectiveOutput, build_objective, register_objective
+    from .prior_fit import train_prior
     from .train import TrainResult, resume, train

@@ -71,6 +71,7 @@ def build_parser() -> Parser:
     _manifold_parser(sub)
     _traverse_parser(sub)
     _embed_parser(sub)
+    _train_prior_parser(sub)
     info_p = sub.add_parser("info", help="a run's status, config and final metrics")
     _run_arg(info_p)
     info_p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -278,6 +279,31 @@ def _embed_parser(sub: argparse._SubParsersAction) -> None:
     _split_arg(p)
     _data_args(p)
     p.add_argument("--out", required=True, metavar="FILE.npy|FILE.csv")
+
+
+def _train_prior_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-prior",
+        help="fit a trained run's learned prior over its codes (VQ-VAE's PixelCNN)",
+        description="The second stage of a VQ-VAE: fit the gated PixelCNN prior to the code "
+        "grids of the run's training split, with its own resumable state in RUN/prior/. Run it "
+        "again to continue after Ctrl-C, or with more --epochs to train longer. When it ends, "
+        "RUN/model.safetensors holds the prior: `aevb sample` draws from it and `aevb evaluate` "
+        "scores with it. The last line printed is the run directory.",
+    )
+    _run_arg(p)
+    p.add_argument("--epochs", type=int, help="train up to N epochs in all (default 20)")
+    p.add_argument("--steps", type=int, help="train up to N steps in all (overrides --epochs)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, help="code grids per step (default 128)")
+    p.add_argument("--seed", type=int, help="seed of the initialisation and data order")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the run's named dataset is now (default: as for the other commands)",
+    )
 
 
 def _run_arg(p: argparse.ArgumentParser) -> None:
@@ -754,6 +780,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    from .prior_fit import train_prior
+
+    result = train_prior(
+        args.run,
+        epochs=args.epochs,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+    m = result.metrics
+    if m:
+        print(
+            f"step {m['step']}  epoch {m['epoch']}  valid -log p_prior(codes) "
+            f"{m['valid_neg_log_prior']:.3f} nats/example  wall {m.get('wall_time_s', 0):.1f}s"
+        )
+    print(result.run_dir)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import checkpoint as ckpt
     from . import rundir
@@ -831,6 +881,7 @@ COMMANDS = {
     "manifold": cmd_manifold,
     "traverse": cmd_traverse,
     "embed": cmd_embed,
+    "train-prior": cmd_train_prior,
     "info": cmd_info,
     "datasets": cmd_datasets,
     "serve": cmd_serve,

@@ -368,6 +368,81 @@ class DMOLConfig:
         _at_least(self, 1, "mixtures")
 
 
+@register_section("gumbel", ("model", "model"), "gumbel")
+@dataclass(frozen=True)
+class GumbelConfig:
+    """N categorical latents of C classes trained by Gumbel-softmax (Jang, Gu & Poole 2016,
+    https://arxiv.org/abs/1611.01144), with a uniform prior.
+
+    The temperature follows their anneal, a pure function of the step:
+    ``tau = max(tau_min, tau_start * exp(-tau_rate * t))``, with t the step rounded down to
+    a multiple of ``tau_every``.
+    """
+
+    variables: int = _f(20, "number N of categorical latent variables")
+    categories: int = _f(10, "classes C of each categorical latent variable")
+    straight_through: bool = _f(
+        False, "straight-through Gumbel-softmax: one-hot forward pass, relaxed gradient"
+    )
+    tau_start: float = _f(1.0, "Gumbel-softmax temperature at step 0")
+    tau_min: float = _f(0.5, "floor of the annealed temperature")
+    tau_rate: float = _f(1e-4, "anneal rate r of tau = max(tau_min, tau_start exp(-r t))")
+    tau_every: int = _f(500, "steps between temperature updates")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "variables", "tau_every")
+        _at_least(self, 2, "categories")
+        _positive_finite(self, "tau_start", "tau_min")
+        _positive_finite(self, "tau_rate", allow_zero=True)
+
+    def schedules(self) -> dict[str, Callable[[int], float]]:
+        """``{"tau": step -> temperature}``, which the trainer hands to the objective."""
+        from functools import partial
+
+        from .schedules import exponential_anneal
+
+        tau = partial(
+            exponential_anneal,
+            start=self.tau_start,
+            floor=self.tau_min,
+            rate=self.tau_rate,
+            every=self.tau_every,
+        )
+        return {"tau": tau}
+
+
+@register_section("vqvae", ("model", "model"), "vqvae")
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """A grid of codes from a learned codebook (van den Oord et al. 2017,
+    https://arxiv.org/abs/1711.00937), and the gated PixelCNN that ``aevb train-prior`` fits
+    over the codes afterwards. The grid is the image halved once per ``--hidden`` entry."""
+
+    codebook_size: int = _f(512, "number K of codebook entries")
+    code_dim: int = _f(64, "dimension D of each codebook entry (the encoder's output channels)")
+    commitment: float = _f(0.25, "weight beta of the commitment loss")
+    ema: bool = _f(False, "update the codebook by exponential moving averages, not gradients")
+    ema_decay: float = _f(0.99, "decay of the codebook's moving averages (with --ema)")
+    restart_after: int = _f(
+        0, "re-initialise an entry unused for this many steps from encoder outputs (0: never)"
+    )
+    res_blocks: int = _f(
+        2, "residual blocks after the strided convolutions (and before the decoder's)"
+    )
+    pixelcnn_channels: int = _f(64, "hidden channels of the PixelCNN prior over the codes")
+    pixelcnn_layers: int = _f(6, "gated layers of the PixelCNN prior")
+    pixelcnn_kernel: int = _f(3, "kernel size of the PixelCNN prior's masked convolutions (odd)")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "codebook_size", "code_dim", "pixelcnn_channels", "pixelcnn_layers")
+        _at_least(self, 0, "restart_after", "res_blocks")
+        _positive_finite(self, "commitment", allow_zero=True)
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.pixelcnn_kernel < 3 or self.pixelcnn_kernel % 2 == 0:
+            raise ConfigError(f"--pixelcnn-kernel must be odd and >= 3, got {self.pixelcnn_kernel}")
+
+
 # --- the run config -------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,9 @@ class RelaxedCategoricalPosterior(Posterior):
     temperature: float = 1.0
     aux_loss: Tensor | None = None
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    # Training samples are relaxed (or carry a relaxed gradient) at the schedule's tau, which
+    # the importance-weighted objective does not pass: it must refuse them.
+    rsample_is_exact: ClassVar[bool] = False
 
     @property
     def noise(self) -> NoiseSpec:  # type: ignore[override]
@@ -121,6 +125,8 @@ class UniformCategoricalPrior(Prior):
     A uniform prior has no typical region to concentrate on: ``temperature`` in
     :meth:`sample` has no effect.
     """
+
+    description = "the uniform prior over classes"
 
     def __init__(
         self,
@@ -264,6 +270,8 @@ class UniformCodePrior(CodePrior):
     :meth:`sample` has no effect.
     """
 
+    description = "the uniform prior over codes (fit a learned one: `aevb train-prior RUN`)"
+
     def __init__(
         self,
         height: int,
@@ -294,6 +302,8 @@ class PixelCNNCodePrior(CodePrior):
     Holds the network (an ``nn.Module`` owned by the model); gradients of :meth:`log_prob`
     train it.
     """
+
+    description = "the learned PixelCNN prior over codes"
 
     def __init__(self, pixelcnn: GatedPixelCNN) -> None:
         self.pixelcnn = pixelcnn

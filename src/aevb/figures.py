@@ -11,6 +11,7 @@ that makes sense for a model's latent space is drawn for it: the manifold grid o
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,7 @@ from . import checkpoint as ckpt  # noqa: E402
 from .data.base import Dataset  # noqa: E402
 from .errors import ConfigError  # noqa: E402
 from .latent import lerp, manifold_grid, slerp  # noqa: E402
+from .models.base import Chart  # noqa: E402
 
 # One name per picture, for `aevb train` (RUN/figures/) and the CLI's default outputs alike.
 FIGURE_NAMES = {
@@ -194,7 +196,8 @@ def plot_manifold(
     if not has_manifold(model):
         raise ConfigError(
             "the manifold figure needs a 2-D latent with a N(0, I) prior; this model's latent is "
-            f"{model.latent.kind} of shape {model.latent.shape} (train with --latent-dim 2)"
+            f"{model.latent.kind} of shape {model.latent.shape}"
+            + (" (train with --latent-dim 2)" if model.latent.kind == "continuous" else "")
         )
     device = next(model.parameters()).device
     z = manifold_grid(grid).to(device)
@@ -290,10 +293,37 @@ def plot_2d_data_vs_samples(data: Tensor, samples: Tensor, path: str | Path) -> 
     return _save(fig, path)
 
 
+def plot_chart(chart: Chart, path: str | Path) -> Path:
+    """A picture a model asked for (:meth:`~aevb.models.base.LatentVariableModel.charts`):
+    bars of ``values`` ``[K]``, or a heat map of ``values`` ``[R, C]`` with a colour bar."""
+    values = chart.values.detach().float().cpu().numpy()
+    if chart.kind == "bars":
+        fig, ax = plt.subplots(figsize=(max(6.0, min(14.0, len(values) / 40)), 3.6))
+        ax.bar(np.arange(len(values)), values, width=1.0, color="tab:blue")
+        ax.set_xlim(-0.5, len(values) - 0.5)
+    else:
+        rows, cols = values.shape
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * cols + 2), max(3.0, 0.25 * rows + 1.5)))
+        im = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
+        fig.colorbar(im, ax=ax)
+        if cols <= 32:
+            ax.set_xticks(range(cols))
+        if rows <= 32:
+            ax.set_yticks(range(rows))
+    ax.set_title(textwrap.fill(chart.title, 70), fontsize=9)
+    ax.set_xlabel(chart.xlabel)
+    ax.set_ylabel(chart.ylabel)
+    return _save(fig, path)
+
+
 def draw_run_figures(
     run_dir: str | Path, model: nn.Module, dataset: Dataset, seed: int = 0
 ) -> list[Path]:
-    """The figures ``aevb train`` leaves in ``RUN/figures``; returns their paths."""
+    """The figures ``aevb train`` leaves in ``RUN/figures``; returns their paths.
+
+    Beside the standard set, each of the model's :meth:`charts` (from the first 1,000
+    test examples) becomes ``RUN/figures/<name>.png``.
+    """
     out = Path(run_dir) / ckpt.FIGURES_DIR
     names = FIGURE_NAMES
     shape = tuple(dataset.info.shape)
@@ -309,7 +339,8 @@ def draw_run_figures(
             samples = model.sample(len(test), mean=False)
             paths.append(plot_2d_data_vs_samples(test, samples, out / names["samples"]))
         else:
-            paths.append(plot_samples(model.sample(64), out / names["samples"], vr))
+            title = f"samples from {model.prior().description}"
+            paths.append(plot_samples(model.sample(64), out / names["samples"], vr, title))
             x = dataset.head("test", 16).to(device)
             recon = model.reconstruct(x)
             paths.append(plot_reconstructions(x, recon, out / names["reconstructions"], vr))
@@ -323,6 +354,8 @@ def draw_run_figures(
         x, y = dataset.head("test", 1000).to(device), dataset.head_labels("test", 1000)
         y = y.to(device) if y is not None else None
         paths.append(plot_traversal(model, x, out / names["traversals"], y, value_range=vr))
+        for name, chart in model.charts(x, y).items():
+            paths.append(plot_chart(chart, out / f"{name}.png"))
     return paths
 
 

@@ -168,7 +168,9 @@ class Posterior:
         noise: the base noise one sample needs.
         aux_loss: ``[B]`` extra training loss that comes with the encoding (e.g. VQ-VAE's
             codebook and commitment terms), or None.
-        metrics: scalar diagnostics of the encoding to log (e.g. codebook perplexity).
+        metrics: scalar diagnostics of the encoding to log (e.g. codebook perplexity): the
+            trainer logs each one's mean over an epoch's steps as ``train_<name>``, except
+            running counts named ``*_total``, logged as their last value.
     """
 
     noise: NoiseSpec
@@ -214,9 +216,13 @@ class Posterior:
 
 
 class Prior:
-    """p(z) (possibly conditional on a context fixed at construction)."""
+    """p(z) (possibly conditional on a context fixed at construction).
+
+    ``description`` names it in figure titles ("samples from the prior").
+    """
 
     standard_normal: ClassVar[bool] = False
+    description: ClassVar[str] = "the prior"
 
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
         """log p(z) in nats: ``[..., *z]`` -> ``[...]`` (``[..., G]`` with ``groups``)."""

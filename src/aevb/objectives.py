@@ -270,6 +270,11 @@ class IWAE(Objective):
 
     def __call__(self, model, x, y, eps, hyper, train=True):
         q, p = model.posterior(x, y), model.prior(y)
+        if q.noise.deterministic:
+            raise ConfigError(
+                "--objective iwae averages importance weights over samples of q(z|x); this "
+                "model's q is a point mass, for which the bound is the ELBO: use --objective elbo"
+            )
         if not getattr(q, "rsample_is_exact", True):
             raise ConfigError(
                 "--objective iwae needs exact reparameterised samples of q(z|x); this model's "

@@ -139,14 +139,19 @@ class GatedPixelCNN(nn.Module):
     ) -> Tensor:
         """``[n, H, W]`` (long) grids drawn code by code in raster order from softmax(logits / T).
 
-        One forward pass per code (H * W passes). ``generator`` must be on the model's device.
+        T = 0 is the limit: the most probable code at each step (greedy). One forward pass
+        per code (H * W passes). ``generator`` must be on the model's device.
         """
-        if temperature <= 0:
-            raise ValueError(f"the sampling temperature must be > 0, got {temperature}")
+        if not temperature >= 0:
+            raise ValueError(f"the sampling temperature must be >= 0, got {temperature}")
         device = self.embedding.weight.device
         grid = torch.zeros(n, self.height, self.width, dtype=torch.long, device=device)
         for i in range(self.height):
             for j in range(self.width):
-                probs = torch.softmax(self.logits(grid)[:, :, i, j] / temperature, dim=1)
+                logits = self.logits(grid)[:, :, i, j]
+                if temperature == 0:
+                    grid[:, i, j] = logits.argmax(1)
+                    continue
+                probs = torch.softmax(logits / temperature, dim=1)
                 grid[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return grid

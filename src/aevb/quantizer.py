@@ -174,6 +174,21 @@ class VectorQuantizer(nn.Module):
             f"decay={self.decay}, restart_after={self.restart_after}"
         )
 
+    @torch.no_grad()
+    def init_from(self, vectors: Tensor) -> None:
+        """Set the entries to rows of ``vectors`` ``[N, D]`` (encoder outputs), picked with the
+        global torch RNG: without replacement when N >= K, else with. The EMA state restarts
+        as if each entry had been chosen once by itself."""
+        if vectors.dim() != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"init_from takes [N, {self.dim}] vectors, got {list(vectors.shape)}")
+        n, k = vectors.shape[0], self.num_codes
+        pick = torch.randperm(n)[:k] if n >= k else torch.randint(n, (k,))
+        self.codebook.copy_(vectors[pick.to(vectors.device)].to(self.codebook.dtype))
+        if self.ema:
+            self.ema_cluster_size.fill_(1.0)
+            self.ema_embed_sum.copy_(self.codebook)
+        self.unused_steps.zero_()
+
     def embed(self, indices: Tensor) -> Tensor:
         """The entries at ``indices``: ``[..., H, W]`` (long) -> ``[..., D, H, W]``."""
         return F.embedding(indices, self.codebook).movedim(-1, -3)
@@ -190,10 +205,10 @@ class VectorQuantizer(nn.Module):
         with torch.no_grad():
             indices = nearest_code(flat, self.codebook)
         e = F.embedding(indices, self.codebook)  # [B*H*W, D]
-        commitment = (flat - e.detach()).pow(2).view(b, -1).sum(1)  # [B]
+        commitment = (flat - e.detach()).pow(2).reshape(b, -1).sum(1)  # [B]
         aux_loss = self.beta * commitment
         if not self.ema:
-            aux_loss = aux_loss + (flat.detach() - e).pow(2).view(b, -1).sum(1)
+            aux_loss = aux_loss + (flat.detach() - e).pow(2).reshape(b, -1).sum(1)
         z_q = e.detach().view(b, h, w, d).permute(0, 3, 1, 2)
         quantized = straight_through(z_q, z_e)  # value z_q exactly, gradient to z_e
 

@@ -131,6 +131,35 @@ class Progress:
         return self.step == self.epoch_start_step
 
 
+class StepMetrics:
+    """The posterior's scalar metrics over an epoch's steps (codebook usage, perplexity, ...).
+
+    Each is logged as its mean over the applied steps (and over the ranks), except running
+    counts named ``*_total``, logged as their last value.
+    """
+
+    def __init__(self) -> None:
+        self.means = MeanAccumulator()
+        self.last: dict[str, Tensor] = {}
+
+    def add(self, metrics: dict[str, Tensor], applied: Tensor) -> None:
+        """One step's metrics (0-dim tensors); ``applied`` is False for a skipped step."""
+        means = {
+            k: v.detach().to(torch.float64).reshape(1)
+            for k, v in metrics.items()
+            if not k.endswith("_total")
+        }
+        if means:
+            self.means.add(mask=applied, **means)
+        self.last.update({k: v.detach() for k, v in metrics.items() if k.endswith("_total")})
+
+    def result(self) -> dict[str, float]:
+        """``{name: value}`` (a collective under torch.distributed: every rank calls it)."""
+        all_reduce_(self.means)
+        out = {k: v for k, v in self.means.result().items() if not k.endswith("_se")}
+        return {**out, **{k: float(v) for k, v in self.last.items()}}
+
+
 class TrainStep(nn.Module):
     """The model and its objective: one forward gives the per-example objective terms.
 
@@ -304,6 +333,7 @@ class Session:
     good_before_epoch: int = 0
     last_batch: tuple[Tensor, Tensor | None] | None = None  # to check weights before a save
     tracker: tracking.Tracker = field(default_factory=tracking.NullTracker)
+    step_metrics: StepMetrics | None = None  # the posterior's metrics in the current epoch
 
 
 def _setup(
@@ -515,6 +545,7 @@ def _train_epoch(
     lo, hi = shard_range(s.batch_size, ctx.rank, ctx.world_size)
     per_rank = s.batch_size / ctx.world_size
     acc = MeanAccumulator()
+    s.step_metrics = step_metrics = StepMetrics()
     skipped = torch.zeros((), device=device)
     run_of_bad = torch.zeros((), device=device)
     s.good_before_epoch = s.good_steps
@@ -551,6 +582,7 @@ def _train_epoch(
         bad = distributed.any_rank(bad)
         _optimizer_step(s.optimizer, bad)
         acc.add(mask=~bad, **out.per_example())
+        step_metrics.add(out.metrics, ~bad)
         s.last_batch = (x, y)
         skipped = skipped + bad
         run_of_bad = (run_of_bad + 1) * bad
@@ -683,6 +715,8 @@ def _log_epoch(s: Session, acc: MeanAccumulator, t0: float) -> dict[str, Any]:
     all_reduce_(acc)  # the sums (and counts) of every rank's slice: the global batch's means
     train_means = acc.result()
     record.update({f"train_{k}": v for k, v in train_means.items() if not k.endswith("_se")})
+    if s.step_metrics is not None:
+        record.update({f"train_{k}": v for k, v in s.step_metrics.result().items()})
     valid = evaluate_objective(
         s.model,
         s.objective,
@@ -743,9 +777,13 @@ def _checkpoint(s: Session, t0: float, check_weights: bool = False) -> None:
 def _weights_give_finite_loss(s: Session) -> bool:
     """The objective (beta 1, exact samples) on the last training batch, at the current weights."""
     x, y = s.last_batch
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        eps = s.model.latent.noise.draw(s.objective.num_samples, len(x), x.device)
-        out = s.objective(s.model, x, y, eps, {"beta": 1.0}, train=False)
+    s.model.eval()  # a check: training-mode state updates (a codebook's EMA) must not happen
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            eps = s.model.latent.noise.draw(s.objective.num_samples, len(x), x.device)
+            out = s.objective(s.model, x, y, eps, {"beta": 1.0}, train=False)
+    finally:
+        s.model.train()
     ok = torch.isfinite(out.loss).all()
     return bool(distributed.any_rank(~ok).logical_not())
 

@@ -1,8 +1,20 @@
 """Model variants (one file each) behind one interface (``base.py``) and a registry."""
 
-from .base import LatentVariableModel
+from .base import Chart, LatentVariableModel
+from .gumbel import GumbelVAE
 from .hvae import HVAE
 from .registry import MODELS, build_model, register_model
 from .vae import VAE
+from .vqvae import VQVAE
 
-__all__ = ["HVAE", "MODELS", "VAE", "LatentVariableModel", "build_model", "register_model"]
+__all__ = [
+    "HVAE",
+    "MODELS",
+    "VAE",
+    "VQVAE",
+    "Chart",
+    "GumbelVAE",
+    "LatentVariableModel",
+    "build_model",
+    "register_model",
+]

@@ -15,10 +15,19 @@ unconditional models accept and ignore it, so callers never branch on the model'
 
 The objective is not part of the model: :mod:`aevb.objectives` turns these pieces into a
 loss, and the trainer's step holds model and objective together.
+
+Two optional capabilities have defaults that keep every model working:
+
+* ``charts(x, y)`` — extra pictures of the model (e.g. codebook usage) as :class:`Chart`
+  data, which :func:`aevb.figures.draw_run_figures` draws beside the standard ones;
+* ``prior_network()`` — the network of a learned prior that a second stage fits to the
+  posterior points after training (VQ-VAE's PixelCNN, ``aevb train-prior``), and
+  ``set_prior_fitted()`` to switch ``prior()`` over to it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -26,6 +35,27 @@ from torch import Tensor, nn
 
 from ..latents import KLTerms, LatentSpace, Posterior, Prior, kl_divergence
 from ..likelihoods import Likelihood
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A picture a model asks for beside the standard figures (:meth:`LatentVariableModel.charts`).
+
+    Attributes:
+        kind: ``bars`` (``values`` ``[K]``, one bar each) or ``heatmap`` (``values`` ``[R, C]``).
+        values: the numbers to draw (CPU).
+        title, xlabel, ylabel: what the picture says about them.
+    """
+
+    kind: str
+    values: Tensor
+    title: str
+    xlabel: str = ""
+    ylabel: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bars", "heatmap"):
+            raise ValueError(f"a chart is 'bars' or 'heatmap', not {self.kind!r}")
 
 
 class LatentVariableModel(nn.Module):
@@ -68,6 +98,25 @@ class LatentVariableModel(nn.Module):
 
     def data_init(self, x: Tensor) -> None:
         """Initialise from a batch of training data ``[n, *event]`` before a fresh run (optional)."""
+
+    # --- optional capabilities ----------------------------------------------------------
+    def charts(self, x: Tensor, y: Tensor | None = None) -> dict[str, Chart]:
+        """Extra pictures from test examples ``x``: ``{name: Chart}``, drawn to
+        ``RUN/figures/<name>.png`` after training. None by default."""
+        return {}
+
+    def prior_network(self) -> nn.Module | None:
+        """The learned prior that a second stage fits after training (``aevb train-prior``).
+
+        A submodule with ``log_prob(z) -> [B]`` (nats) for posterior points ``z``
+        ``[B, *z]`` (:meth:`~aevb.latents.Posterior.point`), trained to maximise it over the
+        training split; None (the default) when the model has no such prior.
+        """
+        return None
+
+    def set_prior_fitted(self, fitted: bool = True) -> None:
+        """Say whether :meth:`prior_network` has been fitted; once it has, :meth:`prior` is it."""
+        raise NotImplementedError(f"--model {self.name} has no prior network to fit")
 
     # --- built on the interface ---------------------------------------------------------
     @torch.no_grad()
