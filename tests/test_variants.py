@@ -2,7 +2,9 @@
 bit-exactly, every CLI command, and two processes equal one.
 
 A variant is only a set of flags; nothing here branches on the model's kind except where a
-command does not apply to its latent space (the manifold grid, spherical interpolation),
+command does not apply to its latent space (the manifold grid, spherical interpolation) or
+to what it conditions on (``sample`` needs an observed part for a completion model,
+``--label`` and ``classes`` need a label-conditioned one, ``complete`` a completion one),
 and there the command must refuse in one line.
 """
 
@@ -51,6 +53,20 @@ VARIANTS = {
         "--latent-dim",
         "3",
     ],
+    "cvae": ["--model", "cvae", "--latent-dim", "3"],
+    "cvae-learned-prior": [
+        "--model",
+        "cvae",
+        "--label-embedding",
+        "learned",
+        "--context-dim",
+        "4",
+        "--conditional-prior",
+        "true",
+        "--latent-dim",
+        "2",
+    ],
+    "cvae-mask": ["--model", "cvae", "--condition", "mask", "--mask", "top", "--latent-dim", "3"],
 }
 STEPS = 30  # an epoch is 22 steps: the resume crosses an epoch boundary
 
@@ -106,8 +122,6 @@ def test_every_command_runs(variant):
     assert d["log_px_iw"] <= -d["neg_elbo"] + 3 * d["gap_se"] + 1e-6 or d["gap"] > 0
     assert d["neg_elbo"] == pytest.approx(d["distortion"] + d["rate"])
     for cmd in (
-        ["sample", run, "-n", "4", "--out", out / "s.png"],
-        ["sample", run, "-n", "4", "--temperature", "0.5", "--out", out / "t.png"],
         ["reconstruct", run, "-n", "4", "--out", out / "r.png"],
         ["interpolate", run, "--pairs", "2", "--steps", "3", "--out", out / "i.png"],
         ["embed", run, "--out", out / "z.npy"],
@@ -117,12 +131,27 @@ def test_every_command_runs(variant):
         assert res.code == 0, (cmd, res.err)
     z = torch.from_numpy(__import__("numpy").load(out / "z.npy"))
     assert z.shape == (180, model.latent.summary_dim)
+    out.mkdir(exist_ok=True)
+    images = aevb.load_dataset(ckpt.load_config(run).data).head("test", 2)
+    __import__("numpy").save(out / "x.npy", images.numpy())
+    on = model.conditions_on
     for cmd, applies in (
         (
             ["manifold", run, "--out", out / "m.png"],
-            model.latent.shape == (2,) and model.latent.standard_normal,
+            model.latent.shape == (2,) and model.latent.standard_normal and on is None,
         ),
         (["interpolate", run, "--slerp", "--out", out / "sl.png"], model.latent.standard_normal),
+        (["sample", run, "-n", "4", "--out", out / "s.png"], on != "observed"),
+        (
+            ["sample", run, "-n", "4", "--temperature", "0.5", "--out", out / "t.png"],
+            on != "observed",
+        ),
+        (["sample", run, "-n", "4", "--label", "2", "--out", out / "l.png"], on == "labels"),
+        (["classes", run, "-n", "3", "--out", out / "c.png"], on == "labels"),
+        (
+            ["complete", run, "--input", out / "x.npy", "-n", "3", "--out", out / "k.png"],
+            on == "observed",
+        ),
     ):
         res = run_cli(*cmd)
         if applies:
@@ -131,7 +160,9 @@ def test_every_command_runs(variant):
             assert_one_line_error(res)
 
 
-@pytest.mark.parametrize("name", ["iwae", "hvae", "vamp", "beta-cyclical-freebits"])
+@pytest.mark.parametrize(
+    "name", ["iwae", "hvae", "vamp", "beta-cyclical-freebits", "cvae", "cvae-mask"]
+)
 def test_two_processes_equal_one(name, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = [*BASE, *VARIANTS[name], "--steps", "6"]
