@@ -148,6 +148,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     import aevb
 
     setup = SETUPS[name]
+    code = commit()  # the code that runs, before anything else can change the tree
     fields = dict(setup["fields"], device=args.device, figures=True)
     for key in ("steps", "epochs"):
         if getattr(args, key) is not None:
@@ -191,7 +192,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
         "eval_cpu_s": round(eval_cpu, 1),
         "config": {k2: list(v) if isinstance(v, tuple) else v for k2, v in fields.items()},
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "commit": commit(),
+        "commit": code,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
