@@ -201,6 +201,20 @@ def test_the_docstring_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs/cvae-digits/model.safetensors").exists()
 
 
+def test_the_docs_python_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "conditional.md"
+    blocks = re.findall(r"```py\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/conditional.md", "exec"), namespace)
+    assert namespace["threes"].shape == (8, 1, 8, 8)
+    assert namespace["report"]["log_px_name"] == "log p(x | y)"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cvae")
