@@ -575,7 +575,6 @@ def cmd_complete(args: argparse.Namespace) -> int:
     import torch
 
     from . import runs
-    from .checkpoint import load_config
     from .figures import plot_completions
 
     model = runs.load_run_model(args.run)
@@ -585,16 +584,10 @@ def cmd_complete(args: argparse.Namespace) -> int:
             "mask); this one is not"
             + ("; sample a class with `aevb sample RUN --label K`" if model.conditional else "")
         )
-    trained = load_config(args.run).cvae.mask
-    if args.mask is not None and args.mask != trained:
-        raise ConfigError(
-            f"this model was trained to observe the {trained} part (--mask {trained}) and can "
-            f"complete only from it, not from --mask {args.mask}; train one with --mask {args.mask}"
-        )
     x = _read_input_images(args.input, tuple(model.likelihood.event_shape))
     model.likelihood.check_data(x)
     gen = torch.Generator().manual_seed(args.seed)
-    done = model.complete(x, args.n, args.temperature, mean=args.mean, generator=gen)
+    done = model.complete(x, args.n, args.temperature, args.mean, gen, mask=args.mask)
     arr = done.transpose(0, 1)  # [N, n, *shape]
     _write_picture_and_array(
         out,

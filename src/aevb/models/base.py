@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..latents import KLTerms, LatentSpace, Posterior, Prior, kl_divergence
 from ..likelihoods import Likelihood
 
@@ -147,6 +148,23 @@ class LatentVariableModel(nn.Module):
             y = self.default_context(n)
         z = self.prior(y).sample(n, temperature, generator)
         return self.generate(z, y, mean=mean, generator=generator)
+
+    @torch.no_grad()
+    def complete(
+        self,
+        x: Tensor,
+        n: int,
+        temperature: float = 1.0,
+        mean: bool = False,
+        generator: torch.Generator | None = None,
+        mask: str | None = None,
+    ) -> Tensor:
+        """``n`` completions ``[n, B, *event]`` of each example from its observed part: a
+        capability of models with ``conditions_on == "observed"``; others refuse."""
+        raise ConfigError(
+            "completion needs a model trained to complete images (--model cvae --condition "
+            "mask); this one is not"
+        )
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:

@@ -296,16 +296,24 @@ class CVAE(LatentVariableModel):
         temperature: float = 1.0,
         mean: bool = False,
         generator: torch.Generator | None = None,
+        mask: str | None = None,
     ) -> Tensor:
         """``n`` completions of each image: ``[B, *event]`` -> ``[n, B, *event]``.
 
         z ~ p(z | x_obs) (at ``temperature``), then x_mis from p(x_mis | z, x_obs) (its mean
-        with ``mean=True``); the observed pixels are those of ``x``, bit for bit.
+        with ``mean=True``); the observed pixels are those of ``x``, bit for bit. ``mask``
+        names the observed part the caller means; it must be the model's (``--mask``).
         """
         if self.conditions_on != "observed":
             raise ConfigError(
                 "this model conditions on class labels, not on part of an image: sample a class "
                 "with `aevb sample RUN --label K` (model.sample(n, y=labels))"
+            )
+        trained = self.cvae_config.mask
+        if mask is not None and mask != trained:
+            raise ConfigError(
+                f"this model was trained to observe the {trained} part (--mask {trained}) and "
+                f"can complete only from it, not from --mask {mask}; train one with --mask {mask}"
             )
         c = self.context(x).repeat(n, *([1] * (x.dim() - 1)))  # [n * B, *event]
         out = self.sample(len(c), temperature, mean=mean, generator=generator, y=c)
