@@ -122,6 +122,9 @@ def eval_batch_plan(n: int, batch_size: int, rank: int, world_size: int) -> rang
     return range(lo, hi)
 
 
+Batch = Tensor | range  # the indices of one batch: a tensor (training), a range (evaluation)
+
+
 class DataSource(ABC):
     """The data contract (abstract): three splits, their labels, and their batches.
 
@@ -242,9 +245,6 @@ class DataSource(ABC):
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-
-
-Batch = Tensor | range  # the indices of one batch: a tensor (training), a range (evaluation)
 
 
 def take(t: Tensor | None, idx: Batch) -> Tensor | None:

@@ -10,6 +10,10 @@
   every example identically, whatever the batch boundaries. The training split keeps its
   grey levels (``tensor("train")``, ``eval_batches("train")``): a Bernoulli decoder then
   scores it by cross-entropy, the expectation of the binarised log-likelihood.
+
+Both data implementations binarise through the one per-batch hook of the data contract,
+:class:`Binarize` (see :mod:`aevb.data.transforms`): its ``fixed`` part on every example
+read, its ``per_use`` part on every training batch.
 """
 
 from __future__ import annotations
