@@ -353,3 +353,165 @@ def test_from_disk_training_resumes_bit_exactly(tmp_path, png_folder, capsys):
     a = load_file(straight / "model.safetensors")
     b = load_file(split / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- labels through the data path --------------------------------------------------------
+def test_csv_label_column_maps_classes_and_leaves_the_features(tmp_path):
+    rng = np.random.default_rng(1)
+    names = ["cat", "dog", "ant"]
+    rows = [
+        [f"{v:.6f}", names[i % 3], f"{w:.6f}"] for i, (v, w) in enumerate(rng.normal(size=(30, 2)))
+    ]
+    path = write_csv(tmp_path / "t.csv", ["a", "kind", "b"], rows)
+    ds = load_dataset(DataConfig(dataset=str(path), label_column="kind"))
+    assert ds.info.shape == (2,) and ds.info.transform["columns"] == ["a", "b"]
+    assert ds.info.transform["classes"] == ["ant", "cat", "dog"]  # sorted: label k = classes[k]
+    assert ds.info.has_labels and ds.info.num_classes == 3
+    parts = {s: ds.labels(s) for s in SPLITS}
+    x = torch.cat([ds.tensor(s) for s in SPLITS])
+    y = torch.cat(list(parts.values()))
+    st = ds.info.transform["standardize"]
+    a = (x[:, 0].double() * st["std"][0] + st["mean"][0]).numpy()
+    for value, label in zip(a, y.tolist(), strict=True):  # each row keeps its own class
+        k = int(np.argmin(np.abs(np.array([float(r[0]) for r in rows]) - value)))
+        assert ds.info.transform["classes"][label] == rows[k][1]
+    # integer classes are sorted as numbers and mapped to 0..C-1
+    ints = write_csv(
+        tmp_path / "i.csv", ["a", "y"], [[i * 0.5, [10, 2, 7][i % 3]] for i in range(30)]
+    )
+    di = load_dataset(DataConfig(dataset=str(ints), label_column="y"))
+    assert di.info.transform["classes"] == [2, 7, 10] and di.info.num_classes == 3
+    with pytest.raises(DataError, match="leave it out of --columns"):
+        load_dataset(DataConfig(dataset=str(path), columns="a,kind", label_column="kind"))
+    with pytest.raises(DataError, match="no column 'z' for --label-column"):
+        load_dataset(DataConfig(dataset=str(path), label_column="z"))
+    rows[4][1] = ""
+    with pytest.raises(DataError, match="label column 'kind', row 5 .* is empty"):
+        load_dataset(
+            DataConfig(
+                dataset=str(write_csv(tmp_path / "e.csv", ["a", "kind", "b"], rows)),
+                label_column="kind",
+            )
+        )
+
+
+def test_class_counts_are_recorded_and_checked(png_folder):
+    root, _ = png_folder
+    assert load_dataset(DataConfig(dataset=str(root))).info.num_classes == 2
+    assert load_dataset(DataConfig(dataset="digits")).info.num_classes == 10
+    assert from_tensor(torch.rand(30, 2), torch.arange(30) % 4).info.num_classes == 4
+    assert from_tensor(torch.rand(30, 2)).info.num_classes is None
+    from aevb.data import DatasetInfo
+
+    info = DatasetInfo("t", (2,), (0.0, 1.0), True, "gaussian", num_classes=3)
+    with pytest.raises(DataError, match="label 5, beyond its 3 classes"):
+        Dataset(
+            info,
+            {s: torch.rand(4, 2) for s in SPLITS},
+            {s: torch.tensor([0, 1, 2, 5]) for s in SPLITS},
+        )
+
+
+def test_cli_records_classes_and_trains_a_label_model_on_a_csv(tmp_path, capsys):
+    rows = [[i % 5 * 1.0 + 0.01 * i, "ab"[i % 2]] for i in range(40)]
+    path = write_csv(tmp_path / "t.csv", ["v", "who"], rows)
+    out = tmp_path / "run"
+    code = main(
+        [
+            *TRAIN,
+            "--dataset",
+            str(path),
+            "--label-column",
+            "who",
+            "--model",
+            "cvae",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    d = json.loads((out / "config.json").read_text())
+    assert d["dataset_info"]["num_classes"] == 2 and d["dataset_info"]["transform"]["classes"] == [
+        "a",
+        "b",
+    ]
+    assert d["data"]["label_column"] == "who" and d["cvae"]["num_classes"] == 2
+    emb = tmp_path / "z.csv"
+    assert main(["embed", str(out), "--out", str(emb)]) == 0  # reloaded with its labels
+    assert emb.read_text().splitlines()[0].endswith(",label")
+    assert (
+        main(
+            [
+                *TRAIN,
+                "--dataset",
+                str(path),
+                "--label-column",
+                "who",
+                "--binarize",
+                "threshold",
+                "--dequantize",
+                "uniform",
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 1
+    )
+    assert "exclude each other" in capsys.readouterr().err
+
+
+# --- one contract, two implementations, one transform hook ---------------------------------
+def test_one_contract_with_two_implementations_and_one_transform(png_folder):
+    from aevb.data import Binarize, DataSource
+
+    root, _ = png_folder
+    memory = load_dataset(DataConfig(dataset=str(root), binarize="dynamic"))
+    disk = load_dataset(
+        DataConfig(dataset=str(root), binarize="dynamic", memory_budget_mb=0, num_workers=0)
+    )
+    for ds in (memory, disk):
+        assert isinstance(ds, DataSource) and type(ds.transform) is Binarize
+        # the batch plans, the labels and the transform calls are the contract's, written once
+        for name in (
+            "train_batches",
+            "indexed_eval_batches",
+            "eval_batches",
+            "labels",
+            "head_labels",
+        ):
+            assert getattr(type(ds), name) is getattr(DataSource, name), name
+    assert not issubclass(StreamingDataset, Dataset) and not issubclass(Dataset, StreamingDataset)
+    with pytest.raises(DataError, match="already transformed"):
+        disk.with_transform(Binarize("threshold", 0))
+
+
+def test_dequantize_draws_each_training_value_in_its_bin(tmp_path, png_folder):
+    a = np.random.default_rng(2).integers(0, 256, (60, 4, 5), dtype=np.uint8)
+    np.save(tmp_path / "u8.npy", a)
+    grid = load_dataset(DataConfig(dataset=str(tmp_path / "u8.npy")))
+    ds = load_dataset(DataConfig(dataset=str(tmp_path / "u8.npy"), dequantize="uniform"))
+    assert ds.info.transform["dequantize"] == "uniform" and ds.info.likelihood == "gaussian-pixel"
+    assert ds.info.value_range[0] < 0 and ds.info.value_range[1] > 1
+    assert torch.equal(ds.tensor("valid"), grid.tensor("valid"))  # evaluation keeps the grid
+    torch.manual_seed(0)
+    noisy = [x for x, _ in ds.train_batches(16, 1, 0)]
+    torch.manual_seed(0)
+    again = [x for x, _ in ds.train_batches(16, 1, 0)]
+    plain = [x for x, _ in grid.train_batches(16, 1, 0)]
+    for n, r, p in zip(noisy, again, plain, strict=True):
+        assert torch.equal(n, r)  # from the global RNG: a resume draws the same
+        offset = (n - p) * 255
+        assert offset.abs().max() <= 0.5 and offset.std() > 0.2  # uniform in the bin
+    # from disk: the same noise through the same hook
+    root, _ = png_folder
+    memory = load_dataset(DataConfig(dataset=str(root), dequantize="uniform"))
+    disk = load_dataset(
+        DataConfig(dataset=str(root), dequantize="uniform", memory_budget_mb=0, num_workers=0)
+    )
+    torch.manual_seed(5)
+    m = [x for x, _ in memory.train_batches(8, 0, 0)]
+    torch.manual_seed(5)
+    d = [x for x, _ in disk.train_batches(8, 0, 0)]
+    assert all(torch.equal(u, v) for u, v in zip(m, d, strict=True))
+    with pytest.raises(DataError, match="--dequantize uniform needs 8-bit data"):
+        load_dataset(DataConfig(dataset="digits", dequantize="uniform"))  # values k/16

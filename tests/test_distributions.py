@@ -297,6 +297,9 @@ def test_elbo_averages_samples_once_and_beta_weights_only_the_loss():
     kl = torch.tensor([0.5, 2.0], dtype=DT)
 
     class Fixed:  # a stand-in model exposing only what the objective uses
+        def context(self, x, y=None):
+            return y
+
         def posterior(self, x, y=None):
             q = type("Q", (), {})()
             q.rsample = lambda eps, temperature=None: eps

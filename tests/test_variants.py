@@ -3,7 +3,9 @@ bit-exactly, every CLI command, and two processes equal one.
 
 A variant is only a set of flags; nothing here branches on the model's kind except where a
 command does not apply to its latent space (the manifold grid, spherical interpolation,
-interpolation between codebook indices), and there the command must refuse in one line.
+interpolation between codebook indices) or to what it conditions on (``sample`` needs an
+observed part for a completion model, ``--label`` and ``classes`` need a label-conditioned
+one, ``complete`` a completion one), and there the command must refuse in one line.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ VARIANTS = {
     "vqvae-ema": ["--model", "vqvae", "--arch", "conv", "--hidden", "8,8", "--codebook-size"]
     + ["16", "--code-dim", "4", "--ema", "--restart-after", "2"]
     + ["--pixelcnn-channels", "8", "--pixelcnn-layers", "2"],
+    "cvae": ["--model", "cvae", "--latent-dim", "3"],
+    "cvae-learned-prior": ["--model", "cvae", "--label-embedding", "learned", "--context-dim"]
+    + ["4", "--conditional-prior", "true", "--latent-dim", "2"],
+    "cvae-mask": ["--model", "cvae", "--condition", "mask", "--mask", "top", "--latent-dim", "3"],
 }
 STEPS = 30  # an epoch is 22 steps: the resume crosses an epoch boundary
 
@@ -119,8 +125,6 @@ def test_every_command_runs(variant):
     assert d["log_px_iw"] <= -d["neg_elbo"] + 3 * d["gap_se"] + 1e-6 or d["gap"] > 0
     assert d["neg_elbo"] == pytest.approx(d["distortion"] + d["rate"])
     for cmd in (
-        ["sample", run, "-n", "4", "--out", out / "s.png"],
-        ["sample", run, "-n", "4", "--temperature", "0.5", "--out", out / "t.png"],
         ["reconstruct", run, "-n", "4", "--out", out / "r.png"],
         ["embed", run, "--out", out / "z.npy"],
         ["info", run],
@@ -141,6 +145,10 @@ def test_every_command_runs(variant):
     assert d["collapse"]["total"] == model.latent.numel and (out / "q.png").stat().st_size
     z = torch.from_numpy(__import__("numpy").load(out / "z.npy"))
     assert z.shape == (180, model.latent.summary_dim)
+    out.mkdir(exist_ok=True)
+    images = aevb.load_dataset(ckpt.load_config(run).data).head("test", 2)
+    __import__("numpy").save(out / "x.npy", images.numpy())
+    on = model.conditions_on
     for cmd, applies in (
         (
             ["interpolate", run, "--pairs", "2", "--steps", "3", "--out", out / "i.png"],
@@ -148,9 +156,20 @@ def test_every_command_runs(variant):
         ),
         (
             ["manifold", run, "--out", out / "m.png"],
-            model.latent.shape == (2,) and model.latent.standard_normal,
+            model.latent.shape == (2,) and model.latent.standard_normal and on is None,
         ),
         (["interpolate", run, "--slerp", "--out", out / "sl.png"], model.latent.standard_normal),
+        (["sample", run, "-n", "4", "--out", out / "s.png"], on != "observed"),
+        (
+            ["sample", run, "-n", "4", "--temperature", "0.5", "--out", out / "t.png"],
+            on != "observed",
+        ),
+        (["sample", run, "-n", "4", "--label", "2", "--out", out / "l.png"], on == "labels"),
+        (["classes", run, "-n", "3", "--out", out / "c.png"], on == "labels"),
+        (
+            ["complete", run, "--input", out / "x.npy", "-n", "3", "--out", out / "k.png"],
+            on == "observed",
+        ),
     ):
         res = run_cli(*cmd)
         if applies:
@@ -160,7 +179,18 @@ def test_every_command_runs(variant):
 
 
 @pytest.mark.parametrize(
-    "name", ["iwae", "hvae", "vamp", "beta-cyclical-freebits", "gumbel", "vqvae", "vqvae-ema"]
+    "name",
+    [
+        "iwae",
+        "hvae",
+        "vamp",
+        "beta-cyclical-freebits",
+        "gumbel",
+        "vqvae",
+        "vqvae-ema",
+        "cvae",
+        "cvae-mask",
+    ],
 )
 def test_two_processes_equal_one(name, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

@@ -26,6 +26,7 @@ _EXPORTS = {
     "RunConfig": ("config", "RunConfig"),
     "TrainConfig": ("config", "TrainConfig"),
     "register_section": ("config", "register_section"),
+    "DataSource": ("data", "DataSource"),
     "Dataset": ("data", "Dataset"),
     "DatasetInfo": ("data", "DatasetInfo"),
     "from_tensor": ("data", "from_tensor"),
@@ -60,6 +61,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DataError",
+    "DataSource",
     "Dataset",
     "DatasetInfo",
     "LatentSpace",
@@ -137,7 +139,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         TrainConfig,
         register_section,
     )
-    from .data import Dataset, DatasetInfo, from_tensor, from_torch_dataset, load_dataset
+    from .data import (
+        Dataset,
+        DatasetInfo,
+        DataSource,
+        from_tensor,
+        from_torch_dataset,
+        load_dataset,
+    )
     from .errors import AevbError, CheckpointError, ConfigError, DataError, TrainingInterrupted
     from .evaluate import evaluate, evaluate_elbo, markdown_report
     from .latents import LatentSpace, Posterior, Prior, register_kl

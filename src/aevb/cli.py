@@ -72,6 +72,8 @@ def build_parser() -> Parser:
     _traverse_parser(sub)
     _embed_parser(sub)
     _train_prior_parser(sub)
+    _classes_parser(sub)
+    _complete_parser(sub)
     info_p = sub.add_parser("info", help="a run's status, config and final metrics")
     _run_arg(info_p)
     info_p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -241,7 +243,58 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
         "--mean", action="store_true", help="show E[x|z] instead of a draw of x ~ p(x|z)"
     )
     p.add_argument("--seed", type=int64, default=0)
+    p.add_argument(
+        "--label",
+        type=int,
+        metavar="K",
+        help="models conditioned on class labels (--model cvae): generate class K (without it, "
+        "every class in turn)",
+    )
     _out_arg(p, "samples", "also writes FILE.npy beside it")
+
+
+def _classes_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classes",
+        help="one row per class from shared latents (models conditioned on labels)",
+        description="Decode the same n latents with every class label: each row is a class, "
+        "each column keeps its z (its style).",
+    )
+    _run_arg(p)
+    p.add_argument("-n", type=int, default=8, help="columns (latents shared by every row)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sample the prior at T")
+    p.add_argument("--mean", action="store_true", help="show E[x|z, y] instead of a draw")
+    p.add_argument("--seed", type=int, default=0)
+    _out_arg(p, "classes", "also writes FILE.npy ([classes, n, *shape]) beside it")
+
+
+def _complete_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "complete",
+        help="complete images from their observed part (--model cvae --condition mask)",
+        description="Keep the part of each input image the model was trained to observe, and "
+        "draw n completions of the rest from p(x_missing | x_observed). The figure shows the "
+        "observed part, then the completions, one row per input.",
+    )
+    _run_arg(p)
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="IMAGE|FILE.npy",
+        help="a PNG/JPEG image, or a .npy of one image or N images (uint8, or floats as the "
+        "model's data)",
+    )
+    p.add_argument(
+        "--mask",
+        choices=["top", "left", "center", "random"],
+        help="the observed part (default: the one the model was trained with, which is the "
+        "only one it can use)",
+    )
+    p.add_argument("-n", type=int, default=8, help="completions per input image")
+    p.add_argument("--temperature", type=float, default=1.0, help="sample p(z|x_obs) at T")
+    p.add_argument("--mean", action="store_true", help="E[x_mis|z, x_obs] instead of a draw")
+    p.add_argument("--seed", type=int, default=0)
+    _out_arg(p, "completions", "also writes FILE.npy ([N, n, *shape]) beside it")
 
 
 def _reconstruct_parser(sub: argparse._SubParsersAction) -> None:
@@ -638,13 +691,136 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     model = runs.load_run_model(args.run)
     vr = _value_range(args.run)  # a corrupt record fails before anything is written
+    y, what = _sample_labels(model, args.label, args.n, args.run)
     gen = torch.Generator().manual_seed(args.seed)
-    x = model.sample(args.n, temperature=args.temperature, mean=args.mean, generator=gen)
+    x = model.sample(args.n, temperature=args.temperature, mean=args.mean, generator=gen, y=y)
+    title = f"samples{what}, T = {args.temperature:g}"
+    _write_picture_and_array(out, x, lambda: plot_samples(x, out, vr, title))
+    print(out)
+    return 0
+
+
+def _class_names(run: str) -> list:
+    from .checkpoint import load_dataset_info
+
+    return list(load_dataset_info(run).get("transform", {}).get("classes") or [])
+
+
+def _sample_labels(model, label: int | None, n: int, run: str):
+    """The labels ``[n]`` to sample (``--label``) and the figure's words for them."""
+    import torch
+
+    if model.conditions_on != "labels":
+        if label is not None:
+            other = (
+                "it completes images: use `aevb complete`"
+                if model.conditions_on == "observed"
+                else "it samples without labels: drop --label"
+            )
+            raise ConfigError(
+                f"--label applies to models conditioned on class labels (--model cvae); {other}"
+            )
+        return None, ""
+    names = _class_names(run)
+    if label is None:
+        return None, f", classes 0..{model.num_classes - 1} in turn"
+    if not 0 <= label < model.num_classes:
+        raise ConfigError(f"--label must be a class 0..{model.num_classes - 1}, got {label}")
+    name = f" ({names[label]})" if label < len(names) and str(names[label]) != str(label) else ""
+    return torch.full((n,), label, dtype=torch.int64), f" of class {label}{name}"
+
+
+def cmd_classes(args: argparse.Namespace) -> int:
+    _positive(n=args.n)
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    out = _figure_out(args.run, args.out, "classes")
+    from . import runs
+    from .figures import class_rows, plot_class_rows
+
+    model = runs.load_run_model(args.run)
+    vr = _value_range(args.run)  # a corrupt record fails before anything is written
+    _, x = class_rows(model, args.n, args.seed, args.temperature, mean=args.mean)
+    names = _class_names(args.run)
+    _write_picture_and_array(out, x, lambda: plot_class_rows(x, out, vr, names or None))
+    print(out)
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    _positive(n=args.n)
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    out = _figure_out(args.run, args.out, "completions")
+    import torch
+
+    from . import runs
+    from .figures import plot_completions
+
+    model = runs.load_run_model(args.run)
+    if model.conditions_on != "observed":
+        raise ConfigError(
+            "complete needs a model trained to complete images (--model cvae --condition "
+            "mask); this one is not"
+            + ("; sample a class with `aevb sample RUN --label K`" if model.conditional else "")
+        )
+    x = _read_input_images(args.input, tuple(model.likelihood.event_shape))
+    model.likelihood.check_data(x)
+    gen = torch.Generator().manual_seed(args.seed)
+    done = model.complete(x, args.n, args.temperature, args.mean, gen, mask=args.mask)
+    arr = done.transpose(0, 1)  # [N, n, *shape]
     _write_picture_and_array(
-        out, x, lambda: plot_samples(x, out, vr, f"samples, T = {args.temperature:g}")
+        out,
+        arr,
+        lambda: plot_completions(x, model.scored_mask, done, out, _value_range(args.run)),
     )
     print(out)
     return 0
+
+
+def _read_input_images(path_text: str, event_shape: tuple[int, ...]):
+    """``--input`` as ``[N, *event_shape]`` float32: an image file, or a .npy of 1 or N images."""
+    import numpy as np
+    import torch
+
+    from .errors import DataError
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise DataError(f"--input {path} does not exist")
+    c, h, w = event_shape
+    suffix = path.suffix.lower()
+    if suffix in (".png", ".jpg", ".jpeg"):
+        from PIL import Image
+
+        from .data.images import decode_image
+
+        with Image.open(path) as im:
+            size = (im.height, im.width)
+        if size != (h, w):
+            logging.getLogger("aevb").warning(
+                "%s is %dx%d; resized (bilinear) to the model's %dx%d", path, *size, h, w
+            )
+        return torch.from_numpy(decode_image(path, c, (h, w))).float().div(255.0).unsqueeze(0)
+    if suffix != ".npy":
+        raise DataError(f"--input must be a .png, .jpg or .npy file, got {path.name}")
+    from .data.arrays import _read, to_examples
+
+    a = _read(path)["x"]
+    one = {event_shape, (h, w, c)} | ({(h, w)} if c == 1 else set())
+    if tuple(a.shape) in one:
+        a = a[None]
+    if tuple(a.shape[1:]) == (c, h, w) and a.dtype.kind in "biuf":
+        x = torch.from_numpy(a.astype(np.float32))
+        x = x / 255.0 if a.dtype.kind in "iu" and a.min() >= 0 and a.max() <= 255 else x
+    else:
+        x, _ = to_examples(a, path.name)
+    if tuple(x.shape[1:]) != event_shape:
+        raise DataError(
+            f"--input {path.name} holds images of shape {tuple(a.shape[1:])}; the model takes "
+            f"{event_shape} (or H x W x C, or one such image)"
+        )
+    return x
 
 
 def _write_picture_and_array(out: Path, x, draw) -> None:
@@ -674,7 +850,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     vr = _value_range(args.run)
     ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
     x, y = ds.head(args.split, args.n).cpu(), ds.head_labels(args.split, args.n)
-    x_hat = model.reconstruct(x, y)
+    x_hat = model.reconstruct(x, None if y is None else y.cpu())
     _write_picture_and_array(out, x_hat, lambda: plot_reconstructions(x, x_hat, out, vr))
     print(out)
     return 0
@@ -692,11 +868,20 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     check_walkable(model, args.slerp)
     ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
     x = ds.head(args.split, 2 * args.pairs).cpu()
+    y = ds.head_labels(args.split, 2 * args.pairs)
     if len(x) < 2:
         raise ConfigError(
             f"the {args.split} split has fewer than 2 examples to interpolate between"
         )
-    plot_interpolation(model, x, out, args.steps, args.slerp, _value_range(args.run))
+    plot_interpolation(
+        model,
+        x,
+        out,
+        args.steps,
+        args.slerp,
+        _value_range(args.run),
+        None if y is None else y.cpu(),
+    )
     print(out)
     return 0
 
@@ -759,7 +944,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     model = runs.load_run_model(args.run)
     ds = runs.load_run_dataset(args.run, args.dataset, args.data_dir)
-    parts = [model.embed(x.cpu(), y) for x, y in ds.eval_batches(args.split, 1000)]
+    parts = [
+        model.embed(x.cpu(), None if y is None else y.cpu())
+        for x, y in ds.eval_batches(args.split, 1000)
+    ]
     emb = torch.cat(parts).cpu().numpy()
     if out.suffix == ".npy":
         _save_npy(out, emb)
@@ -882,6 +1070,8 @@ COMMANDS = {
     "traverse": cmd_traverse,
     "embed": cmd_embed,
     "train-prior": cmd_train_prior,
+    "classes": cmd_classes,
+    "complete": cmd_complete,
     "info": cmd_info,
     "datasets": cmd_datasets,
     "serve": cmd_serve,

@@ -80,7 +80,12 @@ class ModelConfig:
     hidden: tuple[int, ...] = _f(
         (256, 256), "hidden layer widths (mlp) or channels of the stride-2 convolutions (conv)"
     )
-    arch: str = _f("mlp", "encoder/decoder architecture", ("mlp", "conv"))
+    arch: str = _f(
+        "mlp",
+        "encoder/decoder architecture (resnet: residual blocks at every resolution, for 32x32 "
+        "colour images)",
+        ("mlp", "conv", "resnet"),
+    )
     activation: str = _f("relu", "hidden activation", ("relu", "tanh", "elu", "gelu", "softplus"))
     likelihood: str = _f(
         "auto", "decoder likelihood p(x|z) ('auto' takes the dataset's suggestion)"
@@ -163,8 +168,24 @@ class DataConfig:
         2048, "image folders larger than this (as float32) are read from disk by DataLoader workers"
     )
     num_workers: int = _f(2, "DataLoader worker processes for data read from disk")
+    label_column: str | None = _f(
+        None, "CSV tables: the column holding class labels (taken out of the features)"
+    )
+    dequantize: str = _f(
+        "none",
+        "8-bit data (v/255): 'uniform' adds U(-1/2, 1/2)/255 to every training value each time "
+        "it is used (for continuous likelihoods; valid/test keep their values)",
+        ("none", "uniform"),
+    )
 
     def __post_init__(self) -> None:
+        if self.binarize != "none" and self.dequantize != "none":
+            raise ConfigError(
+                "--binarize and --dequantize exclude each other (binary data need no "
+                "dequantisation): drop one"
+            )
+        if self.label_column is not None and not self.label_column.strip():
+            raise ConfigError("--label-column is empty; name the CSV column holding the labels")
         if self.dataset.strip() == "":
             raise ConfigError("--dataset is empty; give a dataset name or a path")
         for name in ("dataset", "data_dir"):
@@ -441,6 +462,49 @@ class VQVAEConfig:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.pixelcnn_kernel < 3 or self.pixelcnn_kernel % 2 == 0:
             raise ConfigError(f"--pixelcnn-kernel must be odd and >= 3, got {self.pixelcnn_kernel}")
+
+
+@register_section("cvae", ("model", "model"), "cvae")
+@dataclass(frozen=True)
+class CVAEConfig:
+    """The conditional VAE (Sohn et al. 2015; Doersch 2016, sec. 4): conditioned on the class
+    label, or on the observed part of an image to complete the rest."""
+
+    condition: str = _f(
+        "label",
+        "what the model conditions on: the class 'label', or the observed part of each image "
+        "('mask': it completes the rest)",
+        ("label", "mask"),
+    )
+    label_embedding: str = _f(
+        "onehot",
+        "--condition label: the label as a one-hot vector or a learned embedding",
+        ("onehot", "learned"),
+    )
+    conditional_prior: bool = _f(
+        False, "learn the prior p(z|y) = N(mu(y), diag sigma(y)^2) instead of N(0, I)"
+    )
+    context_dim: int = _f(
+        16, "width of the learned label embedding, or of the features of the observed part"
+    )
+    mask: str = _f(
+        "top",
+        "--condition mask: the observed part: the top or left half, the central columns, or a "
+        "fixed random half of the pixels",
+        ("top", "left", "center", "random"),
+    )
+    mask_seed: int = _f(0, "--mask random: seed of the fixed random pattern")
+    num_classes: int | None = _f(None, "--condition label: classes (set from the data)")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "context_dim", "num_classes")
+        _at_least(self, 0, "mask_seed")
+        if self.condition == "mask" and self.label_embedding != "onehot":
+            raise ConfigError("--label-embedding applies only with --condition label")
+        if self.condition == "mask" and self.num_classes is not None:
+            raise ConfigError("--num-classes applies only with --condition label")
+        if self.condition == "label" and (self.mask != "top" or self.mask_seed != 0):
+            raise ConfigError("--mask and --mask-seed apply only with --condition mask")
 
 
 # --- the run config -------------------------------------------------------------------------

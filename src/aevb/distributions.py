@@ -96,6 +96,23 @@ def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) 
     return 0.5 * torch.sum(logvar_p - logvar_q + var_ratio + mean_term - 1.0, dim=-1)
 
 
+def gaussian_kl_diag_per_dim(
+    mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor
+) -> Tensor:
+    """Per-dimension KL(N(mu_q, var_q) || N(mu_p, var_p)): the terms :func:`gaussian_kl` sums.
+
+    Args:
+        mu_q, logvar_q: ``[..., D]`` parameters of q.
+        mu_p, logvar_p: ``[..., D]`` parameters of p (broadcastable to q's shape).
+
+    Returns:
+        ``[..., D]`` in nats.
+    """
+    var_ratio = torch.exp(logvar_q - logvar_p)
+    mean_term = (mu_q - mu_p).pow(2) * torch.exp(-logvar_p)
+    return 0.5 * (logvar_p - logvar_q + var_ratio + mean_term - 1.0)
+
+
 def log_normal_diag(x: Tensor, mu: Tensor, logvar: Tensor, event_dims: int = 1) -> Tensor:
     """log N(x; mu, diag exp(logvar)) in nats, summed over the trailing ``event_dims``.
 
@@ -226,7 +243,7 @@ def _log1mexp_of_log(log_t: Tensor) -> Tensor:
     return torch.where(small, log_t - 0.5 * t, torch.log(-torch.expm1(-t_safe)))
 
 
-def log_discretized_logistic_mixture(
+def log_discretized_logistic_mixture_pixels(
     x: Tensor,
     logit_probs: Tensor,
     means: Tensor,
@@ -235,7 +252,8 @@ def log_discretized_logistic_mixture(
     num_bins: int = 256,
     min_log_scale: float = DEFAULT_MIN_LOG_SCALE,
 ) -> Tensor:
-    """log P(x) of quantised images under a discretized logistic mixture (PixelCNN++ eq. 2).
+    """log P of each pixel of quantised images under a discretized logistic mixture
+    (PixelCNN++ eq. 2); :func:`log_discretized_logistic_mixture` sums them over H and W.
 
     The image is rescaled to [-1, 1], where bin k has centre ``x_k = 2k/(num_bins-1) - 1``
     and half-width ``h = 1/(num_bins-1)`` (bin width ``2h = 2/255`` for 8 bits). With
@@ -278,7 +296,7 @@ def log_discretized_logistic_mixture(
         min_log_scale: floor on ``log_scales``.
 
     Returns:
-        ``[...]`` log-probabilities in nats of the discrete values, summed over C, H, W
+        ``[..., H, W]`` log-probabilities in nats of each pixel's C discrete values
         (``x`` and the parameters broadcast over the leading dimensions).
 
     Example:
@@ -287,8 +305,8 @@ def log_discretized_logistic_mixture(
         >>> logits, means, log_scales, coeffs = (
         ...     torch.randn(2, 4, m, 2, 2), torch.randn(2, 4, m, 3, 2, 2),
         ...     torch.randn(2, 4, m, 3, 2, 2), torch.randn(2, 4, m, 3, 2, 2))
-        >>> log_discretized_logistic_mixture(x, logits, means, log_scales, coeffs).shape
-        torch.Size([2, 4])
+        >>> log_discretized_logistic_mixture_pixels(x, logits, means, log_scales, coeffs).shape
+        torch.Size([2, 4, 2, 2])
     """
     last = num_bins - 1
     half_bin = 1.0 / last
@@ -306,7 +324,36 @@ def log_discretized_logistic_mixture(
     log_p = torch.where(is_first, log_cdf_upper, torch.where(is_last, log_sf_lower, log_interior))
     # A pixel's C values share the component: multiply over C, then mix (logsumexp over M).
     log_p_joint = log_p.sum(dim=-3) + F.log_softmax(logit_probs, dim=-3)  # [..., M, H, W]
-    return torch.logsumexp(log_p_joint, dim=-3).sum(dim=(-2, -1))
+    return torch.logsumexp(log_p_joint, dim=-3)  # [..., H, W]
+
+
+def log_discretized_logistic_mixture(
+    x: Tensor,
+    logit_probs: Tensor,
+    means: Tensor,
+    log_scales: Tensor,
+    coeffs: Tensor | None = None,
+    num_bins: int = 256,
+    min_log_scale: float = DEFAULT_MIN_LOG_SCALE,
+) -> Tensor:
+    """log P(x) of quantised images under a discretized logistic mixture (PixelCNN++ eq. 2):
+    :func:`log_discretized_logistic_mixture_pixels` summed over H and W.
+
+    Returns:
+        ``[...]`` log-probabilities in nats of the discrete values, summed over C, H, W.
+
+    Example:
+        >>> x = torch.randint(0, 256, (4, 3, 2, 2)) / 255  # [B, C, H, W]
+        >>> m = 5
+        >>> logits, means, log_scales, coeffs = (
+        ...     torch.randn(2, 4, m, 2, 2), torch.randn(2, 4, m, 3, 2, 2),
+        ...     torch.randn(2, 4, m, 3, 2, 2), torch.randn(2, 4, m, 3, 2, 2))
+        >>> log_discretized_logistic_mixture(x, logits, means, log_scales, coeffs).shape
+        torch.Size([2, 4])
+    """
+    return log_discretized_logistic_mixture_pixels(
+        x, logit_probs, means, log_scales, coeffs, num_bins, min_log_scale
+    ).sum(dim=(-2, -1))
 
 
 def _pick_component(t: Tensor, component: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ reproducible, equal across world sizes, and never perturbs the training RNG stre
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from .accumulate import MeanAccumulator, all_reduce_
-from .data.base import Dataset
+from .data.base import DataSource
+from .data.transforms import EIGHT_BIT, on_8bit_grid
+
+DEQUANTIZE_SALT = 0x5DEECE66D  # keeps the dequantisation noise apart from the sampling noise
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -35,7 +37,7 @@ def batch_seed(seed: int, batch_index: int) -> int:
 def objective_sums(
     model: nn.Module,
     objective,
-    dataset: Dataset,
+    dataset: DataSource,
     split: str,
     batch_size: int,
     seed: int = 0,
@@ -72,7 +74,7 @@ def objective_sums(
 def evaluate_objective(
     model: nn.Module,
     objective,
-    dataset: Dataset,
+    dataset: DataSource,
     split: str = "valid",
     batch_size: int = 1000,
     seed: int = 0,
@@ -96,7 +98,7 @@ def evaluate_objective(
 
 def evaluate_elbo(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: DataSource,
     split: str = "test",
     batch_size: int = 1000,
     seed: int = 0,
@@ -114,7 +116,7 @@ def evaluate_elbo(
 
 def evaluate(
     model: nn.Module | str | Path,
-    dataset: Dataset | None = None,
+    dataset: DataSource | None = None,
     split: str = "test",
     k: int = 100,
     *,
@@ -149,10 +151,20 @@ def evaluate(
             the aggregate posterior against the prior from ``diagnostic_samples`` draws, class
             usage, and the collapse check at ``collapse_threshold``, under ``diagnostics``.
 
+    Bits per dimension are reported only where they are honest (see :func:`bits_per_dim_kind`):
+    ``bits_per_dim`` when the likelihood is a probability of the data's discrete values (a
+    Bernoulli on binary data, ``dmol`` on 8-bit data); ``bits_per_dim_dequantized`` for a
+    continuous density on 8-bit data, an upper bound on the bits/dim of the discrete model
+    the density defines, from one uniformly dequantised copy of each example (see
+    :func:`aevb.estimators.dequantized_bits_per_dim`); neither otherwise.
+    ``bits_per_dim_note`` says which, and why. A model that scores part of each example (a
+    completion model: the missing part) counts only those dimensions.
+
     Returns:
         A JSON-able dict with (means over examples, each with a ``_se`` standard error)
         ``log_px_iw``, ``neg_elbo``, ``rate`` (KL), ``distortion`` (reconstruction NLL),
-        ``gap`` (log p(x) - ELBO), ``bits_per_dim``, optional ``log_px_naive``; and
+        ``gap`` (log p(x) - ELBO), ``bits_per_dim`` or ``bits_per_dim_dequantized`` (with
+        ``bits_per_dim_kind`` and ``bits_per_dim_note``), optional ``log_px_naive``; and
         ``kl_per_dim`` (where the KL factorises), ``rate_per_group``, ``active_units`` and
         ``au_variance`` (continuous latents; ``active_units_per_group`` for several
         groups), ``k``, ``n_examples``,
@@ -165,17 +177,34 @@ def evaluate(
 
     from tqdm.auto import tqdm
 
-    from .estimators import active_units, bits_per_dim, importance_weighted, naive_prior
+    from .estimators import (
+        active_units,
+        bits_per_dim,
+        dequantized_bits_per_dim,
+        importance_weighted,
+        naive_prior,
+    )
 
     model, dataset = _model_and_data(model, dataset)
+    lik = model.likelihood
+    probability = binary = on_grid = True
     for x, _ in dataset.eval_batches(split, batch_size):
-        model.likelihood.check_data(x)
+        lik.check_data(x)
+        probability = probability and lik.scores_probability(x)
+        binary = binary and bool(((x == 0) | (x == 1)).all())
+        on_grid = on_grid and on_8bit_grid(x)
+    bits_kind, bits_note = bits_per_dim_kind(lik.name, lik.discrete, probability, binary, on_grid)
     device = device_of(model)
     if chunk_size is None:
         chunk_size = default_chunk_size(device)
-    num_dims = math.prod(dataset.info.shape)
+    num_dims = model.num_scored_dims()
+    scored = model.scored_mask
     latent = model.latent
-    scalar_keys = ("log_px_iw", "neg_elbo", "rate", "distortion", "gap", "bits_per_dim")
+    scalar_keys = ("log_px_iw", "neg_elbo", "rate", "distortion", "gap")
+    scalar_keys += {
+        "discrete": ("bits_per_dim",),
+        "dequantized": ("bits_per_dim_dequantized",),
+    }.get(bits_kind, ())
     scalar_keys += ("log_px_naive",) if naive > 0 else ()
     acc = MeanAccumulator().declare(scalar_keys, device)
     acc.declare(("summary",), device, (latent.summary_dim,))
@@ -192,7 +221,14 @@ def evaluate(
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True) if y is not None else None
         r = importance_weighted(model, x, k, chunk_size, seed=batch_seed(seed, b), y=y)
-        r["bits_per_dim"] = bits_per_dim(r["log_px_iw"], num_dims)
+        if bits_kind == "discrete":
+            r["bits_per_dim"] = bits_per_dim(r["log_px_iw"], num_dims)
+        elif bits_kind == "dequantized":  # the density at one point of each scored bin
+            g = torch.Generator(device=device).manual_seed(batch_seed(seed, b) ^ DEQUANTIZE_SALT)
+            u = torch.rand(x.shape, generator=g, device=device, dtype=x.dtype) - 0.5
+            noise = u / EIGHT_BIT if scored is None else u * scored.to(x.dtype) / EIGHT_BIT
+            r_y = importance_weighted(model, x + noise, k, chunk_size, batch_seed(seed, b), y=y)
+            r["bits_per_dim_dequantized"] = dequantized_bits_per_dim(r_y["log_px_iw"], num_dims)
         if naive > 0:
             r["log_px_naive"] = naive_prior(
                 model, x, naive, chunk_size, seed=batch_seed(seed, b), y=y
@@ -236,6 +272,9 @@ def evaluate(
         chunk_size=chunk_size,
         n_examples=acc.n,
         num_dims=num_dims,
+        log_px_name=model.log_px_name,
+        bits_per_dim_kind=bits_kind,
+        bits_per_dim_note=bits_note,
         split=split,
         seconds=round(seconds, 3),
         examples_x_k_per_s=acc.n * k / seconds if seconds > 0 else float("nan"),
@@ -257,13 +296,55 @@ def evaluate(
     return res
 
 
+def bits_per_dim_kind(
+    likelihood: str, discrete: bool, probability: bool, binary: bool, on_grid: bool
+) -> tuple[str | None, str]:
+    """Which bits per dimension are honest for this likelihood on these data, and why.
+
+    Args:
+        likelihood: the likelihood's name (for the note).
+        discrete: the likelihood is a probability over discrete values (``Likelihood.discrete``).
+        probability: its log_prob is a probability of *these* data's values
+            (``Likelihood.scores_probability`` on every batch).
+        binary: every value is 0 or 1.
+        on_grid: every value is some v/255, v = 0..255 (8-bit data).
+
+    Returns:
+        ``("discrete", note)``, ``("dequantized", note)`` or ``(None, note)``.
+    """
+    if probability:
+        return "discrete", (
+            f"bits_per_dim = -log P(x) / (D ln 2): the {likelihood} likelihood is a probability "
+            "of the data's discrete values"
+        )
+    if not discrete and on_grid and not binary:
+        return "dequantized", (
+            f"bits_per_dim_dequantized = (-log p(x + u/255) + D log 255) / (D ln 2), "
+            f"u ~ U(-1/2, 1/2)^D, one draw per example: the {likelihood} likelihood is a "
+            "density, scored on uniformly dequantised 8-bit data; an upper bound (in "
+            "expectation) on the bits/dim of the discrete model it defines"
+        )
+    if discrete:
+        return None, (
+            f"bits/dim omitted: the {likelihood} likelihood is a probability of binary values, "
+            "but these data are not binary (grey levels get a cross-entropy, not a "
+            "probability); binarise them (--binarize) or use --likelihood dmol on 8-bit images"
+        )
+    what = "binary" if binary else "not 8-bit (v/255)"
+    return None, (
+        f"bits/dim omitted: the {likelihood} likelihood is a density and the data are {what}, "
+        "so its bits/dim would depend on the data's scale"
+    )
+
+
 @torch.no_grad()
-def _kl_per_dim_size(model: nn.Module, dataset: Dataset, split: str) -> int:
+def _kl_per_dim_size(model: nn.Module, dataset: DataSource, split: str) -> int:
     """Width of the model's per-dimension KL (0 when its KL has no closed form per dimension)."""
     x, y = dataset.head(split, 1), dataset.head_labels(split, 1)
     device = device_of(model)
-    y = y.to(device) if y is not None else None
-    kl = model.kl(model.posterior(x.to(device), y), model.prior(y))
+    x, y = x.to(device), (y.to(device) if y is not None else None)
+    y = model.context(x, y)
+    kl = model.kl(model.posterior(x, y), model.prior(y))
     return 0 if kl is None or kl.per_dim is None else kl.per_dim.shape[-1]
 
 
@@ -273,10 +354,10 @@ def default_chunk_size(device: torch.device) -> int:
 
 
 def _model_and_data(
-    model: nn.Module | str | Path, dataset: Dataset | None
-) -> tuple[nn.Module, Dataset]:
+    model: nn.Module | str | Path, dataset: DataSource | None
+) -> tuple[nn.Module, DataSource]:
     """Load a run's model (and, unless given, its dataset); check the shapes agree."""
-    from .checkpoint import load_model
+    from .checkpoint import load_config, load_model
     from .errors import DataError
 
     if isinstance(model, (str, Path)):
@@ -286,6 +367,7 @@ def _model_and_data(
         model = load_model(run, device="cuda" if torch.cuda.is_available() else "cpu")
         if dataset is None:
             dataset = load_run_dataset(run)
+        type(model).fit_config(load_config(run), dataset.info)  # e.g. labels it can use
     if dataset is None:
         raise DataError("evaluate() needs a dataset when given a model rather than a run directory")
     expected = tuple(model.likelihood.event_shape)
@@ -299,14 +381,16 @@ def _model_and_data(
 
 def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
     """A Markdown summary of :func:`evaluate`'s result."""
+    target = res.get("log_px_name", "log p(x)")
     rows = [
-        ("log p(x), importance-sampled", "log_px_iw"),
-        ("log p(x), naive prior sampling", "log_px_naive"),
-        ("neg-ELBO (upper bound on -log p(x))", "neg_elbo"),
-        ("gap log p(x) - ELBO", "gap"),
+        (f"{target}, importance-sampled", "log_px_iw"),
+        (f"{target}, naive prior sampling", "log_px_naive"),
+        (f"neg-ELBO (upper bound on -{target})", "neg_elbo"),
+        (f"gap {target} - ELBO", "gap"),
         ("rate: KL(q(z|x) || p(z))", "rate"),
         ("distortion: -E_q log p(x|z)", "distortion"),
         ("bits per dimension", "bits_per_dim"),
+        ("bits per dimension, dequantised (upper bound)", "bits_per_dim_dequantized"),
     ]
     point_mass = bool(res.get("point_mass_posterior"))
     if point_mass:
@@ -331,7 +415,8 @@ def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
     ]
     for label, key in rows:
         if key in res:
-            lines.append(f"| {label} | {res[key]:.4f} | {res[key + '_se']:.4f} |")
+            cell = label.replace("|", "\\|")  # a table cell: escape the bars of p(x|z)
+            lines.append(f"| {cell} | {res[key]:.4f} | {res[key + '_se']:.4f} |")
     if point_mass:
         lines += [
             "",
@@ -339,6 +424,12 @@ def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
             "is the bound -log p(x) <= -log p(x|z_q) - log p(z_q) (van den Oord et al. 2017, "
             "section 3.2), equal to the neg-ELBO: no number of samples makes it an estimate "
             "of log p(x) itself.",
+        ]
+    if res.get("bits_per_dim_note"):
+        lines += [
+            "",
+            f"Bits per dimension ({res['num_dims']} dimensions scored): "
+            f"{res['bits_per_dim_note']}.",
         ]
     groups = res.get("rate_per_group") or {}
     if len(groups) > 1:

@@ -6,6 +6,9 @@ as heat-map rows. ``draw_run_figures`` writes the set that ``aevb train`` leaves
 (:data:`FIGURE_NAMES`). Models are used only through their interface, so every figure
 that makes sense for a model's latent space is drawn for it: the manifold grid only for a
 2-D standard-normal latent, spherical interpolation only for a standard-normal one.
+Conditional models are shown given their context: a label-conditioned model also gets
+one row per class decoded from shared latents (``classes.png``), a completion model gets
+completions of test images (``completions.png``) in place of samples from the prior.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from . import checkpoint as ckpt  # noqa: E402
-from .data.base import Dataset  # noqa: E402
+from .data.base import DataSource  # noqa: E402
 from .errors import ConfigError  # noqa: E402
 from .latent import lerp, manifold_grid, slerp  # noqa: E402
 from .models.base import Chart  # noqa: E402
@@ -38,6 +41,8 @@ FIGURE_NAMES = {
     "curves": "curves.png",
     "traversals": "traversals.png",
     "posterior_vs_prior": "posterior_vs_prior.png",
+    "classes": "classes.png",
+    "completions": "completions.png",
 }
 
 
@@ -162,10 +167,15 @@ def check_walkable(model: nn.Module, spherical: bool) -> None:
 
 
 @torch.no_grad()
-def interpolation_latents(model: nn.Module, x: Tensor, steps: int, spherical: bool) -> Tensor:
-    """Paths between the posterior points of consecutive pairs of ``x``: ``[pairs, steps, *z]``."""
+def interpolation_latents(
+    model: nn.Module, x: Tensor, steps: int, spherical: bool, y: Tensor | None = None
+) -> Tensor:
+    """Paths between the posterior points of consecutive pairs of ``x``: ``[pairs, steps, *z]``.
+
+    ``y`` are the labels of ``x`` (the context of a conditional model).
+    """
     check_walkable(model, spherical)
-    z = model.posterior(x).point()
+    z = model.posterior(x, model.context(x, y)).point()
     shape = z.shape[1:]
     flat = z.reshape(len(z), -1)
     walk = slerp if spherical else lerp
@@ -180,10 +190,15 @@ def plot_interpolation(
     steps: int = 10,
     spherical: bool = False,
     value_range: tuple[float, float] = (0, 1),
+    y: Tensor | None = None,
 ) -> Path:
-    """Each row decodes a straight (or spherical) path between two examples' latent means."""
-    z = interpolation_latents(model, x, steps, spherical)
-    decoded = model.generate(z.flatten(0, 1))
+    """Each row decodes a straight (or spherical) path between two examples' latent means
+    (a conditional model decodes each row in the context of its first example)."""
+    z = interpolation_latents(model, x, steps, spherical, y)
+    c = model.context(x, y)
+    if c is not None:
+        c = c[0::2][: len(z)].repeat_interleave(steps, dim=0)  # [pairs * steps, ...]
+    decoded = model.generate(z.flatten(0, 1), c)
     kind = "spherical" if spherical else "linear"
     fig = _examples_figure(decoded, steps, f"{kind} interpolation in latent space", value_range)
     return _save(fig, path)
@@ -193,6 +208,11 @@ def plot_manifold(
     model: nn.Module, path: str | Path, grid: int = 20, value_range: tuple[float, float] = (0, 1)
 ) -> Path:
     """Decode z = Phi^-1(u) over a uniform grid of u in (0, 1)^2 (2-D standard-normal latents)."""
+    if model.conditional:
+        raise ConfigError(
+            "the manifold figure decodes z alone, but this model also needs its context (a "
+            "label or an observed part); see `aevb classes` or `aevb complete`"
+        )
     if not has_manifold(model):
         raise ConfigError(
             "the manifold figure needs a 2-D latent with a N(0, I) prior; this model's latent is "
@@ -220,7 +240,90 @@ def plot_manifold(
 
 def has_manifold(model: nn.Module) -> bool:
     latent = model.latent
-    return latent.kind == "continuous" and latent.shape == (2,) and latent.standard_normal
+    two_d = latent.kind == "continuous" and latent.shape == (2,) and latent.standard_normal
+    return two_d and not model.conditional
+
+
+@torch.no_grad()
+def class_rows(
+    model: nn.Module, n: int = 8, seed: int = 0, temperature: float = 1.0, mean: bool = True
+) -> tuple[Tensor, Tensor]:
+    """One row per class, the columns sharing their latents: style held, class varied.
+
+    Every row draws its n latents from p(z | y = class) with the *same* generator state
+    (seed), so under a N(0, I) prior the n latents are identical across rows, and under a
+    learned conditional prior p(z|y) = N(mu(y), sigma(y)^2) they share their standard
+    noise eps (z = mu(y) + sigma(y) eps). Decoding a draw of x (``mean=False``) uses that
+    shared generator too.
+
+    Returns:
+        ``z`` ``[C, n, *z]`` and the decoded ``x`` ``[C, n, *event]``.
+    """
+    if model.conditions_on != "labels" or not model.num_classes:
+        raise ConfigError(
+            "the class figure needs a model conditioned on class labels (--model cvae); this "
+            "model is not"
+        )
+    device = next(model.parameters()).device
+    zs, xs = [], []
+    for k in range(model.num_classes):
+        y = torch.full((n,), k, dtype=torch.int64, device=device)
+        g = torch.Generator(device=device).manual_seed(seed)
+        z = model.prior(y).sample(n, temperature, g)
+        zs.append(z)
+        xs.append(model.generate(z, y, mean=mean, generator=g))
+    return torch.stack(zs), torch.stack(xs)
+
+
+def plot_class_rows(
+    x: Tensor,
+    path: str | Path,
+    value_range: tuple[float, float] = (0, 1),
+    class_names: list | None = None,
+) -> Path:
+    """Draw :func:`class_rows`' ``[C, n, *event]`` grid: row k is class k."""
+    c, n = x.shape[:2]
+    names = ", ".join(str(v) for v in (class_names or range(c)))
+    title = f"one row per class ({names}); each column shares its z"
+    if len(title) > 90:
+        title = f"one row per class (0..{c - 1}); each column shares its z"
+    return _save(_examples_figure(x.flatten(0, 1), n, title, value_range), path)
+
+
+def _rgb(t: Tensor) -> Tensor:
+    """``[..., C, H, W]`` as 3 channels (grey repeated; alpha dropped)."""
+    return t.expand(*t.shape[:-3], 3, *t.shape[-2:]) if t.shape[-3] == 1 else t[..., :3, :, :]
+
+
+def plot_completions(
+    observed: Tensor,
+    missing: Tensor,
+    completions: Tensor,
+    path: str | Path,
+    value_range: tuple[float, float] = (0, 1),
+) -> Path:
+    """Row i: the observed part of image i (the missing part tinted blue), then its completions.
+
+    Args:
+        observed: ``[B, C, H, W]`` the inputs (only their observed part is shown).
+        missing: ``[C, H, W]`` 0/1, 1 where the model fills in.
+        completions: ``[n, B, C, H, W]``.
+    """
+    n, b = completions.shape[:2]
+    lo, hi = value_range
+    tint = torch.tensor([0.35, 0.55, 0.95]).view(3, 1, 1) * (hi - lo) + lo
+    hole = (missing.amax(dim=0, keepdim=True) > 0).cpu()
+    obs = torch.where(hole, tint, _rgb(observed.detach().float().cpu()))
+    rows = torch.cat(
+        [obs.unsqueeze(1), _rgb(completions.detach().float().cpu()).transpose(0, 1)], 1
+    )
+    fig = _examples_figure(
+        rows.flatten(0, 1),
+        n + 1,
+        "observed part (missing in blue), then sampled completions",
+        value_range,
+    )
+    return _save(fig, path)
 
 
 def plot_latents(mu: Tensor, labels: Tensor | None, path: str | Path) -> Path:
@@ -316,8 +419,12 @@ def plot_chart(chart: Chart, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None else t.to(device)
+
+
 def draw_run_figures(
-    run_dir: str | Path, model: nn.Module, dataset: Dataset, seed: int = 0
+    run_dir: str | Path, model: nn.Module, dataset: DataSource, seed: int = 0
 ) -> list[Path]:
     """The figures ``aevb train`` leaves in ``RUN/figures``; returns their paths.
 
@@ -339,15 +446,31 @@ def draw_run_figures(
             samples = model.sample(len(test), mean=False)
             paths.append(plot_2d_data_vs_samples(test, samples, out / names["samples"]))
         else:
-            title = f"samples from {model.prior().description}"
-            paths.append(plot_samples(model.sample(64), out / names["samples"], vr, title))
             x = dataset.head("test", 16).to(device)
-            recon = model.reconstruct(x)
+            y = _to(dataset.head_labels("test", 16), device)
+            if model.conditions_on == "observed":  # no samples without an observed part
+                done = model.complete(x[:8], 8)
+                path = out / names["completions"]
+                paths.append(plot_completions(x[:8], model.scored_mask, done, path, vr))
+            else:
+                title = f"samples from {model.prior().description}"
+                paths.append(plot_samples(model.sample(64), out / names["samples"], vr, title))
+            if model.conditions_on == "labels":
+                _, grid = class_rows(model, 8, seed)
+                classes = dataset.info.transform.get("classes")
+                paths.append(plot_class_rows(grid, out / names["classes"], vr, classes))
+            recon = model.reconstruct(x, y)
             paths.append(plot_reconstructions(x, recon, out / names["reconstructions"], vr))
             if model.latent.kind != "codes":
                 path = out / names["interpolation"]
-                paths.append(plot_interpolation(model, x[:10], path, value_range=vr))
-        emb = torch.cat([model.embed(x.to(device)) for x, _ in dataset.eval_batches("test", 1000)])
+                y10 = None if y is None else y[:10]
+                paths.append(plot_interpolation(model, x[:10], path, value_range=vr, y=y10))
+        emb = torch.cat(
+            [
+                model.embed(x.to(device), _to(y, device))
+                for x, y in dataset.eval_batches("test", 1000)
+            ]
+        )
         paths.append(plot_latents(emb, dataset.labels("test"), out / names["latents"]))
         if has_manifold(model):
             paths.append(plot_manifold(model, out / names["manifold"], 20, vr))

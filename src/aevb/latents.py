@@ -38,7 +38,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .distributions import LOG_2PI, gaussian_kl_per_dim
+from .distributions import LOG_2PI, gaussian_kl_diag_per_dim, gaussian_kl_per_dim
 
 # --- what z is --------------------------------------------------------------------------
 KINDS = ("continuous", "categorical", "codes")
@@ -219,9 +219,16 @@ class Prior:
     """p(z) (possibly conditional on a context fixed at construction).
 
     ``description`` names it in figure titles ("samples from the prior").
+
+    Attributes:
+        standard_normal: p(z) is N(0, I).
+        batched: one distribution per example of a batch (a conditional prior p(z|y) built
+            for B contexts): ``log_prob`` broadcasts over the batch dimension and
+            ``sample(B)`` draws one z per example; otherwise one p(z) serves every example.
     """
 
     standard_normal: ClassVar[bool] = False
+    batched: ClassVar[bool] = False
     description: ClassVar[str] = "the prior"
 
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
@@ -342,6 +349,44 @@ class StandardNormal(Prior):
 def _kl_gaussian_standard(q: DiagonalGaussian, p: StandardNormal) -> KLTerms:
     # Appendix B of Kingma & Welling: -KL = 1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2).
     per_dim = gaussian_kl_per_dim(q.mu, q.logvar)
+    return KLTerms(per_dim.sum(-1, keepdim=True), per_dim)
+
+
+class ConditionalGaussian(Prior):
+    """A prior per example, p(z|y) = N(mu(y), diag exp(logvar(y))), parameters ``[B, D]``.
+
+    The conditional prior of a conditional VAE (Sohn, Lee & Yan 2015, "Learning Structured
+    Output Representation using Deep Conditional Generative Models", NeurIPS): one
+    Gaussian per context row. ``log_prob(z)`` takes ``[..., B, D]``; ``sample(n)`` needs
+    ``n == B`` (one draw per context) and returns ``[B, D]``.
+    """
+
+    batched = True
+
+    def __init__(self, mu: Tensor, logvar: Tensor):
+        self.mu, self.logvar = mu, logvar
+
+    def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
+        log_p = -0.5 * (LOG_2PI + self.logvar + (z - self.mu).pow(2) * torch.exp(-self.logvar))
+        log_p = log_p.sum(-1)
+        return log_p.unsqueeze(-1) if groups else log_p
+
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """z = mu + temperature * sigma * eps, one per context row: ``[B, D]`` (n must be B)."""
+        if n != self.mu.shape[0]:
+            raise ValueError(f"a conditional prior of {self.mu.shape[0]} contexts draws {n}")
+        eps = torch.randn(
+            self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype
+        )
+        return self.mu + temperature * torch.exp(0.5 * self.logvar) * eps
+
+
+@register_kl(DiagonalGaussian, ConditionalGaussian)
+def _kl_gaussian_conditional(q: DiagonalGaussian, p: ConditionalGaussian) -> KLTerms:
+    # Between two diagonal Gaussians, dimension by dimension (e.g. Kingma & Welling, App. B).
+    per_dim = gaussian_kl_diag_per_dim(q.mu, q.logvar, p.mu, p.logvar)
     return KLTerms(per_dim.sum(-1, keepdim=True), per_dim)
 
 

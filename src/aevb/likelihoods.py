@@ -7,6 +7,13 @@ into a log-density (``log_prob``), a mean (for pictures) and samples. Shapes: da
 likelihoods have ``n_params`` numbers per data element, ``param_shape = (n_params, *event)``;
 the discretized logistic mixture has per-pixel parameters and its own ``param_shape``.
 
+A likelihood also scores part of an example (``log_prob_where``, for models that predict
+the missing part of an image from the observed rest): the per-site log-probabilities
+(``log_prob_sites``; a site is a data element for the factorised likelihoods, a pixel with
+its C channels for the mixture) weighted by a 0/1 mask. ``scores_probability(x)`` says
+whether ``log_prob`` is the log of a probability of the data's discrete values (so that
+bits per dimension are honest) or a density.
+
 Learned standard deviations are ``sigma = sigma_min + softplus(raw)``: always positive and
 bounded away from zero, so the Gaussian log-density cannot run off to +inf/NaN.
 
@@ -29,6 +36,7 @@ from .distributions import (
     DEFAULT_MIN_LOG_SCALE,
     log_bernoulli,
     log_discretized_logistic_mixture,
+    log_discretized_logistic_mixture_pixels,
     log_normal_sigma,
     mean_discretized_logistic_mixture,
     sample_discretized_logistic_mixture,
@@ -94,6 +102,35 @@ class Likelihood(nn.Module):
         """log p(x|z): ``x`` ``[B, *event]``, ``params`` ``[..., B, *param_shape]`` -> ``[..., B]``."""
         raise NotImplementedError
 
+    @property
+    def site_dims(self) -> int:
+        """Trailing dimensions of :meth:`log_prob_sites` (the event's, for factorised ones)."""
+        return self.event_dims
+
+    def log_prob_sites(self, x: Tensor, params: Tensor) -> Tensor:
+        """log p of each independent site, not summed: ``[..., B, *event]`` for a likelihood
+        that factorises over data elements (``log_prob`` is its sum)."""
+        raise NotImplementedError
+
+    def site_mask(self, event_mask: Tensor) -> Tensor:
+        """A 0/1 mask over the event ``[*event]`` as a mask over the sites."""
+        return event_mask
+
+    def log_prob_where(self, x: Tensor, params: Tensor, event_mask: Tensor) -> Tensor:
+        """log p of the part of x where ``event_mask`` ``[*event]`` is 1: the sum over those
+        sites of :meth:`log_prob_sites`. ``[B, *event]``, ``[..., B, *param_shape]`` -> ``[..., B]``.
+
+        The mask must be constant over a site (over the channels of a pixel for ``dmol``).
+        """
+        sites = self.log_prob_sites(x, params)
+        weight = self.site_mask(event_mask).to(sites.dtype)
+        return (sites * weight).sum(dim=tuple(range(-self.site_dims, 0)))
+
+    def scores_probability(self, x: Tensor) -> bool:
+        """Whether ``log_prob`` on data ``x`` ``[B, *event]`` is the log of a probability of its
+        discrete values (then bits/dim are honest), not a density of continuous values."""
+        return self.discrete
+
     def param(self, params: Tensor, i: int) -> Tensor:
         """Parameter ``i``, ``[..., *event]``, of ``params`` ``[..., n_params, *event]``.
 
@@ -125,6 +162,13 @@ class Bernoulli(Likelihood):
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         return log_bernoulli(x, self.param(params, 0), self.event_dims)
+
+    def log_prob_sites(self, x: Tensor, params: Tensor) -> Tensor:
+        return log_bernoulli(x, self.param(params, 0), 0)
+
+    def scores_probability(self, x: Tensor) -> bool:
+        """A probability only of binary data: grey levels in (0, 1) get a cross-entropy."""
+        return bool(((x == 0) | (x == 1)).all())
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(self.param(params, 0))
@@ -170,6 +214,9 @@ class _Gaussian(Likelihood):
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         mu = self.param(params, 0)
         return log_normal_sigma(x, mu, self._sigma(params), self.event_dims)
+
+    def log_prob_sites(self, x: Tensor, params: Tensor) -> Tensor:
+        return log_normal_sigma(x, self.param(params, 0), self._sigma(params), 0)
 
     def mean(self, params: Tensor) -> Tensor:
         return self.param(params, 0)
@@ -337,6 +384,20 @@ class DiscretizedLogisticMixture(Likelihood):
         return log_discretized_logistic_mixture(
             x, *self.split_params(params), num_bins=self.num_bins, min_log_scale=self.min_log_scale
         )
+
+    @property
+    def site_dims(self) -> int:
+        return 2  # a pixel's C values are one site: they share the mixture component
+
+    def log_prob_sites(self, x: Tensor, params: Tensor) -> Tensor:
+        """log P of each pixel's C values: ``[B, C, H, W]``, ``[..., B, P, H, W]`` -> ``[..., B, H, W]``."""
+        return log_discretized_logistic_mixture_pixels(
+            x, *self.split_params(params), num_bins=self.num_bins, min_log_scale=self.min_log_scale
+        )
+
+    def site_mask(self, event_mask: Tensor) -> Tensor:
+        """``[C, H, W]`` -> ``[H, W]`` (a pixel counts when all its channels do)."""
+        return event_mask.amin(dim=-3)
 
     def mean(self, params: Tensor) -> Tensor:
         """E[x|z] in [0, 1] (see the mean function): ``[..., P, H, W]`` -> ``[..., C, H, W]``."""

@@ -7,7 +7,9 @@ https://arxiv.org/abs/1509.00519, eq. 8). Both, and the evaluator in
 :mod:`aevb.estimators`, compute importance weights through the one function
 :func:`importance_terms`.
 
-An objective is called as ``objective(model, x, y, eps, hyper, train=...)`` and returns an
+An objective is called as ``objective(model, x, y, eps, hyper, train=...)`` with a data
+batch (``y`` its labels or None; the objective asks the model for its context,
+``model.context(x, y)``, so a conditional model trains on log p(x | c)) and returns an
 :class:`ObjectiveOutput` of per-example ``[B]`` terms in nats (names carry the sign).
 ``hyper`` holds the schedule values of the step (``beta``, ``tau``, ...), see
 :mod:`aevb.schedules`. With ``train=False`` the objective scores what it bounds: beta = 1,
@@ -217,6 +219,7 @@ class ELBO(Objective):
         return self.samples
 
     def __call__(self, model, x, y, eps, hyper, train=True):
+        y = model.context(x, y)
         q, p = model.posterior(x, y), model.prior(y)
         kl = model.kl(q, p)
         if kl is None:  # Monte Carlo over the same samples: log q(z|x) - log p(z), per group
@@ -269,6 +272,7 @@ class IWAE(Objective):
         return self.k
 
     def __call__(self, model, x, y, eps, hyper, train=True):
+        y = model.context(x, y)
         q, p = model.posterior(x, y), model.prior(y)
         if q.noise.deterministic:
             raise ConfigError(

@@ -16,9 +16,10 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import RunConfig
-from .data import Dataset, load_dataset
+from .data import DataSource, load_dataset
 from .data.tables import restandardize
 from .errors import DataError
+from .models import MODELS
 from .models.base import LatentVariableModel
 
 
@@ -45,16 +46,19 @@ def run_data_config(
 
 def load_run_dataset(
     run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None
-) -> Dataset:
+) -> DataSource:
     """The run's dataset (as recorded in its config), or another one of the same shape."""
     config = run_data_config(run_dir, dataset, data_dir)
     ds = load_dataset(config.data)
     check_shape(ds, tuple(config.model.input_shape), run_dir)
+    variant = MODELS.get(config.model.model)
+    if variant is not None:  # what the model needs of the data (e.g. labels) is there
+        variant.fit_config(config, ds.info)
     recorded = ckpt.load_dataset_info(run_dir).get("transform", {})
     return restandardize(ds, recorded)
 
 
-def check_shape(ds: Dataset, expected: tuple[int, ...], run_dir: str | Path) -> None:
+def check_shape(ds: DataSource, expected: tuple[int, ...], run_dir: str | Path) -> None:
     if tuple(ds.info.shape) != expected:
         raise DataError(
             f"{ds.info.name} has examples of shape {tuple(ds.info.shape)} but the model of "

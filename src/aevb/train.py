@@ -49,10 +49,17 @@ from . import checkpoint as ckpt
 from . import distributed, rundir, tracking
 from .accumulate import MeanAccumulator, all_reduce_
 from .config import DataConfig, RunConfig
-from .data import DATASETS, PYTHON_SOURCE, Dataset, check_options_apply, load_dataset, shard_range
+from .data import (
+    DATASETS,
+    PYTHON_SOURCE,
+    DataSource,
+    check_options_apply,
+    load_dataset,
+    shard_range,
+)
 from .errors import AevbError, CheckpointError, ConfigError, TrainingInterrupted
 from .evaluate import evaluate_objective
-from .models import LatentVariableModel, build_model
+from .models import MODELS, LatentVariableModel, build_model
 from .objectives import Objective, ObjectiveOutput, build_objective
 from .schedules import build_schedules
 
@@ -193,8 +200,9 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_model_config(config: RunConfig, dataset: Dataset) -> RunConfig:
-    """Fill in what the data decides (input shape, 'auto' likelihood) and check the rest."""
+def resolve_model_config(config: RunConfig, dataset: DataSource) -> RunConfig:
+    """Fill in what the data decides (input shape, 'auto' likelihood, and what the model
+    variant takes from the data, e.g. a conditional model's classes) and check the rest."""
     info = dataset.info
     model = config.model
     if model.input_shape and tuple(model.input_shape) != tuple(info.shape):
@@ -203,9 +211,11 @@ def resolve_model_config(config: RunConfig, dataset: Dataset) -> RunConfig:
             f"has shape {tuple(info.shape)}"
         )
     likelihood = info.likelihood if model.likelihood == "auto" else model.likelihood
-    return replace(
+    config = replace(
         config, model=replace(model, input_shape=tuple(info.shape), likelihood=likelihood)
     )
+    variant = MODELS.get(config.model.model)
+    return variant.fit_config(config, info) if variant is not None else config
 
 
 def record_source(data: DataConfig) -> DataConfig:
@@ -238,7 +248,7 @@ def train(
     config: RunConfig,
     out_dir: str | Path | None = None,
     *,
-    dataset: Dataset | None = None,
+    dataset: DataSource | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
@@ -282,7 +292,7 @@ def _train(
     config: RunConfig,
     run_dir: Path,
     status: rundir.RunStatus,
-    dataset: Dataset | None,
+    dataset: DataSource | None,
     resume: bool,
     progress: bool,
     ctx: distributed.Context,
@@ -315,7 +325,7 @@ class Session:
 
     config: RunConfig
     run_dir: Path
-    dataset: Dataset
+    dataset: DataSource
     model: LatentVariableModel
     objective: Objective
     optimizer: torch.optim.Optimizer
@@ -340,7 +350,7 @@ def _setup(
     config: RunConfig,
     run_dir: Path,
     status: rundir.RunStatus,
-    dataset: Dataset | None,
+    dataset: DataSource | None,
     resume: bool,
     ctx: distributed.Context,
 ) -> Session:
@@ -839,7 +849,7 @@ def resume(
 
 # --- what rank 0 writes ---------------------------------------------------------------------
 def _prepare_run_dir(
-    run_dir: Path, config: RunConfig, dataset: Dataset, resume: bool, step: int
+    run_dir: Path, config: RunConfig, dataset: DataSource, resume: bool, step: int
 ) -> None:
     if resume:
         ckpt.truncate_metrics(run_dir, step)
@@ -850,7 +860,7 @@ def _prepare_run_dir(
 
 
 def _write_artifact(
-    run_dir: Path, model: nn.Module, dataset: Dataset, figures: bool
+    run_dir: Path, model: nn.Module, dataset: DataSource, figures: bool
 ) -> dict[str, Any]:
     """Write the model (and figures); return the last metrics record."""
     ckpt.save_model(model, run_dir)
@@ -862,13 +872,14 @@ def _write_artifact(
     return metrics[-1] if metrics else {}
 
 
-def _info_dict(dataset: Dataset) -> dict[str, Any]:
+def _info_dict(dataset: DataSource) -> dict[str, Any]:
     info = dataset.info
     return {
         "name": info.name,
         "shape": list(info.shape),
         "value_range": list(info.value_range),
         "has_labels": info.has_labels,
+        "num_classes": info.num_classes,
         "likelihood": info.likelihood,
         "description": info.description,
         "transform": info.transform,

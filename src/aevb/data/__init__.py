@@ -1,7 +1,9 @@
 """Where data enters aevb: named datasets (a registry) and user files, one contract.
 
-``load_dataset(DataConfig(...))`` returns a :class:`~aevb.data.base.Dataset`; see
-``base.py`` for the contract every source meets. One module per source format:
+``load_dataset(DataConfig(...))`` returns a :class:`~aevb.data.base.DataSource` (in
+memory: :class:`~aevb.data.base.Dataset`; from disk:
+:class:`~aevb.data.streaming.StreamingDataset`); see ``base.py`` for the contract every
+source meets. One module per source format:
 
 * named: ``builtin`` (digits, ring, moons, gaussians), ``binarized_mnist``, ``idx``
   (mnist, fashion-mnist, kmnist), ``frey_face``, ``cifar10`` -- files fetched and
@@ -10,7 +12,8 @@
   over ``--memory-budget-mb`` are served from disk by ``streaming``;
 * Python objects: ``tensors`` (:func:`from_tensor`, :func:`from_torch_dataset`).
 
-``--binarize`` is applied here, after loading, to whatever source (``binarize``).
+``--binarize`` and ``--dequantize`` are applied here, after loading, to whatever source,
+through the contract's one per-batch transform hook (``transforms``, ``binarize``).
 """
 
 from __future__ import annotations
@@ -22,37 +25,42 @@ from ..config import DataConfig
 from ..errors import DataError
 from . import binarized_mnist, builtin, cifar10, frey_face, idx  # noqa: F401  (register datasets)
 from .arrays import load_array_file
-from .base import SPLITS, Dataset, DatasetInfo, epoch_permutation, shard_range
-from .binarize import binarize_dataset
+from .base import SPLITS, Dataset, DatasetInfo, DataSource, epoch_permutation, shard_range
+from .binarize import Binarize, binarize_dataset
 from .download import data_root
 from .images import load_image_folder
 from .registry import DATASETS, SPLIT_OPTIONS, register_dataset
 from .streaming import StreamingDataset
 from .tables import load_csv
 from .tensors import from_tensor, from_torch_dataset
+from .transforms import BatchTransform, Dequantize
 
 # User data, by what the path is: each kind registers its reader here. A directory is
 # read by FOLDER_LOADER; files by their suffix.
-FILE_LOADERS: dict[str, Callable[[Path, DataConfig], Dataset]] = {
+FILE_LOADERS: dict[str, Callable[[Path, DataConfig], DataSource]] = {
     ".npy": load_array_file,
     ".npz": load_array_file,
     ".csv": load_csv,
 }
-FOLDER_LOADER: Callable[[Path, DataConfig], Dataset] = load_image_folder
+FOLDER_LOADER: Callable[[Path, DataConfig], DataSource] = load_image_folder
 
 
 # config.json names this source for data handed to ``aevb.train(..., dataset=...)``.
 PYTHON_SOURCE = "python:"
 
 
-def load_dataset(config: DataConfig) -> Dataset:
-    """Load the dataset named (or pointed to) by ``config.dataset``, then apply ``--binarize``.
+def load_dataset(config: DataConfig) -> DataSource:
+    """Load the dataset named (or pointed to) by ``config.dataset``, then apply
+    ``--binarize`` or ``--dequantize``.
 
     Raises:
         DataError: unknown name, unreadable file, or data that breaks the contract.
     """
     check_data_config(config)
-    return binarize_dataset(_load(config), config.binarize, config.split_seed)
+    ds = binarize_dataset(_load(config), config.binarize, config.split_seed)
+    if config.dequantize == "uniform":
+        ds = ds.with_transform(Dequantize())
+    return ds
 
 
 # Settings that only some sources use; `aevb train` refuses them elsewhere (they would be
@@ -67,11 +75,12 @@ SOURCE_SPECIFIC = (
     "columns",
     "memory_budget_mb",
     "num_workers",
+    "label_column",
 )
 FILE_OPTIONS = {
     ".npy": SPLIT_OPTIONS,
     ".npz": SPLIT_OPTIONS,
-    ".csv": ("columns", *SPLIT_OPTIONS),
+    ".csv": ("columns", "label_column", *SPLIT_OPTIONS),
 }
 FOLDER_OPTIONS = ("image_size", "memory_budget_mb", "num_workers", *SPLIT_OPTIONS)
 
@@ -113,7 +122,7 @@ def check_data_config(config: DataConfig) -> None:
         )
 
 
-def _load(config: DataConfig) -> Dataset:
+def _load(config: DataConfig) -> DataSource:
     name = config.dataset
     if name.startswith(PYTHON_SOURCE):
         raise DataError(
@@ -145,6 +154,10 @@ def _load(config: DataConfig) -> Dataset:
 __all__ = [
     "PYTHON_SOURCE",
     "DATASETS",
+    "BatchTransform",
+    "Binarize",
+    "DataSource",
+    "Dequantize",
     "FILE_LOADERS",
     "FOLDER_LOADER",
     "SPLITS",

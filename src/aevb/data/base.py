@@ -1,34 +1,47 @@
-"""The data contract: what every source hands the trainer.
+"""The data contract: what every source hands the trainer, in memory or from disk.
 
-Whatever the source, a :class:`Dataset` holds three splits (``train``, ``valid``,
-``test``) of float32 tensors ``[N, *shape]`` (``shape`` is ``(D,)`` for vectors and
+Whatever the source, a :class:`DataSource` holds three splits (``train``, ``valid``,
+``test``) of float32 examples ``[N, *shape]`` (``shape`` is ``(D,)`` for vectors and
 ``(C, H, W)`` for images), values in the documented ``info.value_range``, optional integer
-labels ``[N]``, and a JSON-able ``info.transform`` recorded in the run's config so later
-commands reproduce it.
+class labels ``[N]`` in ``0 .. info.num_classes - 1``, and a JSON-able ``info.transform``
+recorded in the run's config so later commands reproduce it.
 
 Batches are pairs ``(x, y)``: ``x`` ``[b, *shape]`` and its labels ``y`` ``[b]`` (int64),
 or None for unlabelled data. ``train_batches`` draws a fresh permutation of the training
 split from (seed, epoch) alone, so a resumed run and every rank of a distributed run
 agree on it; ``eval_batches`` walks a split in order and covers every example exactly
-once. ``prepare_train`` is the per-use transform of a training batch (dynamic binarisation).
+once. Code that needs only a few examples asks for :meth:`DataSource.head` rather than
+the whole :meth:`DataSource.tensor`.
 
-In memory (every named dataset, and user data under ``--memory-budget-mb``) a split is
-one tensor, moved to the accelerator by :meth:`Dataset.to`, and batches are slices of it.
-Above the budget, :class:`~aevb.data.streaming.StreamingDataset` answers the same calls
-with the same batches, read from disk by DataLoader workers; code that needs only a few
-examples should ask for :meth:`Dataset.head` rather than the whole :meth:`Dataset.tensor`.
+One contract, two implementations, one transform hook:
+
+* :class:`DataSource` (abstract) implements the batch plans, the labels and every call
+  above once, on top of two things an implementation provides: ``size(split)`` and
+  ``_read(split, index_batches)`` (the examples of each batch of indices);
+* :class:`Dataset` holds each split as one tensor (moved to the accelerator by ``to``),
+  for every named dataset and user data under ``--memory-budget-mb``;
+  :class:`~aevb.data.streaming.StreamingDataset` reads the same examples from disk with
+  DataLoader workers, and yields the same batches;
+* the per-batch :class:`~aevb.data.transforms.BatchTransform` (binarisation,
+  dequantisation) is shared by both: its ``fixed`` part (a deterministic function of
+  (split, example index, values)) is applied to every example read, its ``per_use`` part
+  (drawn afresh from the global RNG) to every training batch. The in-memory dataset
+  applies ``fixed`` once to whole splits, the from-disk one batch by batch: the same
+  function, so the same numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .transforms import IDENTITY, BatchTransform
 
 SPLITS = ("train", "valid", "test")
 
@@ -45,6 +58,7 @@ class DatasetInfo:
         likelihood: the decoder likelihood the data suits (used for ``--likelihood auto``).
         description: one line for ``aevb datasets`` and the README.
         transform: JSON-able record of the preprocessing applied (reproduced by later commands).
+        num_classes: number of label classes C (labels are 0..C-1), None without labels.
     """
 
     name: str
@@ -54,6 +68,13 @@ class DatasetInfo:
     likelihood: str
     description: str = ""
     transform: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and (self.num_classes < 1 or not self.has_labels):
+            raise DataError(
+                f"{self.name}: num_classes {self.num_classes} needs labels and must be >= 1"
+            )
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
@@ -101,52 +122,67 @@ def eval_batch_plan(n: int, batch_size: int, rank: int, world_size: int) -> rang
     return range(lo, hi)
 
 
-class Dataset:
-    """Three in-memory splits held as tensors (on the accelerator when there is one)."""
+Batch = Tensor | range  # the indices of one batch: a tensor (training), a range (evaluation)
 
-    def __init__(
-        self,
-        info: DatasetInfo,
-        splits: dict[str, Tensor],
-        labels: dict[str, Tensor] | None = None,
-    ):
-        self.info = info
-        self.splits = {s: splits[s] for s in SPLITS}
-        self._labels = labels or {}
-        for s, x in self.splits.items():
-            if x.shape[1:] != tuple(info.shape):
-                raise DataError(
-                    f"split {s} has examples of shape {tuple(x.shape[1:])}, expected {info.shape}"
-                )
-            if len(x) == 0:
-                raise DataError(f"split {s} of dataset {info.name} is empty")
 
-    # --- what the trainer and evaluator use -----------------------------------------
+class DataSource(ABC):
+    """The data contract (abstract): three splits, their labels, and their batches.
+
+    Implementations provide :meth:`size`, :meth:`_read`, :meth:`to` and
+    :meth:`with_transform`; everything the trainer and the evaluator call is written here
+    once, on top of them.
+
+    Attributes:
+        info: what the data is (after the transform).
+        transform: the per-batch hook (identity, binarisation, dequantisation).
+        device: where batches are delivered.
+    """
+
+    info: DatasetInfo
+    transform: BatchTransform
+    device: torch.device
+    _labels: dict[str, Tensor]
+
+    # --- what an implementation provides ------------------------------------------------
+    @abstractmethod
     def size(self, split: str) -> int:
-        return len(self._split(split))
+        """Number of examples of a split."""
 
-    def tensor(self, split: str) -> Tensor:
-        """The whole split ``[N, *shape]`` (as used by the model)."""
-        return self._split(split)
+    @abstractmethod
+    def _read(self, split: str, batches: Sequence[Batch]) -> Iterator[Tensor]:
+        """The examples of each batch of indices ``[len(batch), *shape]`` on ``device``, in
+        order, after ``transform.fixed``."""
 
+    @abstractmethod
+    def to(self, device: torch.device | str) -> DataSource:
+        """Deliver batches on ``device`` (returns self)."""
+
+    @abstractmethod
+    def with_transform(self, transform: BatchTransform) -> DataSource:
+        """The same examples under ``transform`` (a new source; ``info`` updated by it)."""
+
+    # --- the contract, written once ---------------------------------------------------------
     def labels(self, split: str) -> Tensor | None:
-        """Integer labels ``[N]`` of a split, or None."""
-        self._split(split)
-        return self._labels.get(split)
+        """Integer labels ``[N]`` of a split (on ``device``), or None."""
+        self._check_split(split)
+        y = self._labels.get(split)
+        return None if y is None else y.to(self.device)
 
     def head(self, split: str, n: int) -> Tensor:
         """The first ``n`` examples of a split ``[min(n, N), *shape]`` (cheap for every source)."""
-        return self._split(split)[:n]
+        n = min(n, self.size(split))
+        if n <= 0:
+            return torch.empty(0, *self.info.shape, device=self.device)
+        return next(self._read(split, [range(n)]))
 
     def head_labels(self, split: str, n: int) -> Tensor | None:
         """The labels of :meth:`head` ``[min(n, N)]``, or None."""
         y = self.labels(split)
         return None if y is None else y[:n]
 
-    def to(self, device: torch.device | str) -> Dataset:
-        self.splits = {s: x.to(device) for s, x in self.splits.items()}
-        self._labels = {s: y.to(device) for s, y in self._labels.items()}
-        return self
+    def tensor(self, split: str) -> Tensor:
+        """The whole split ``[N, *shape]`` (read from disk for a streaming source: use sparingly)."""
+        return torch.cat([x for _, x, _ in self.indexed_eval_batches(split, 1024)])
 
     def train_batches(
         self,
@@ -162,14 +198,18 @@ class Dataset:
         Global batch b is ``perm[b * batch_size : (b + 1) * batch_size]`` of
         :func:`epoch_permutation`; rank r takes its contiguous slice of it. The last
         incomplete global batch is dropped, so every step sees ``batch_size`` examples.
-        ``start_step`` skips the first batches (resuming mid-epoch).
+        ``start_step`` skips the first batches (resuming mid-epoch). Each batch passes
+        through ``transform.per_use`` (e.g. dynamic binarisation) as it is handed out.
         """
-        x, y = self.splits["train"], self._labels.get("train")
         self.steps_per_epoch(batch_size)  # checks the batch fits the split
-        plan = train_batch_plan(len(x), batch_size, seed, epoch, start_step, rank, world_size)
-        for idx in plan:
-            idx = idx.to(x.device)
-            yield self.prepare_train(x[idx]), (y[idx] if y is not None else None)
+        plan = list(
+            train_batch_plan(
+                self.size("train"), batch_size, seed, epoch, start_step, rank, world_size
+            )
+        )
+        y = self.labels("train")
+        for idx, x in zip(plan, self._read("train", plan), strict=True):
+            yield self.transform.per_use(x), take(y, idx)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         n = self.size("train")
@@ -179,10 +219,6 @@ class Dataset:
                 f"use --batch-size {n} or less"
             )
         return n // batch_size
-
-    def prepare_train(self, batch: Tensor) -> Tensor:
-        """Per-use transform of a training batch (identity; dynamic binarisation overrides it)."""
-        return batch
 
     def eval_batches(
         self, split: str, batch_size: int, rank: int = 0, world_size: int = 1
@@ -199,14 +235,114 @@ class Dataset:
         Batch b is always examples ``[b * batch_size, (b + 1) * batch_size)``, whatever the
         world size, so per-batch seeding makes sharded evaluation equal one process's.
         """
-        x, y = self._split(split), self._labels.get(split)
-        for b in eval_batch_plan(len(x), batch_size, rank, world_size):
-            sl = slice(b * batch_size, min((b + 1) * batch_size, len(x)))
-            yield b, x[sl], (y[sl] if y is not None else None)
+        n = self.size(split)
+        plan = eval_batch_plan(n, batch_size, rank, world_size)
+        batches = [range(b * batch_size, min((b + 1) * batch_size, n)) for b in plan]
+        y = self.labels(split)
+        for b, idx, x in zip(plan, batches, self._read(split, batches), strict=True):
+            yield b, x, take(y, idx)
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+
+
+def take(t: Tensor | None, idx: Batch) -> Tensor | None:
+    """``t[idx]`` along the first dimension: a view for a range, a gather for an index tensor."""
+    if t is None:
+        return None
+    if isinstance(idx, range):
+        return t[idx.start : idx.stop]
+    return t[idx.to(t.device)]
+
+
+def with_label_count(info: DatasetInfo, labels: dict[str, Tensor] | None) -> DatasetInfo:
+    """``info`` with ``has_labels`` and ``num_classes`` made to agree with the labels given.
+
+    A source that knows its classes sets ``num_classes`` (10 for MNIST); otherwise it is
+    one more than the largest label of any split.
+
+    Raises:
+        DataError: a negative label, or one beyond the declared ``num_classes``.
+    """
+    if not labels:
+        return replace(info, has_labels=False, num_classes=None)
+    top = max(int(y.max()) for y in labels.values() if len(y))
+    low = min(int(y.min()) for y in labels.values() if len(y))
+    if low < 0:
+        raise DataError(f"{info.name} has negative labels; classes must be 0, 1, ...")
+    count = info.num_classes if info.num_classes is not None else top + 1
+    if top >= count:
+        raise DataError(f"{info.name} has label {top}, beyond its {count} classes (0..{count - 1})")
+    return replace(info, has_labels=True, num_classes=count)
+
+
+class Dataset(DataSource):
+    """Three in-memory splits held as tensors (on the accelerator when there is one).
+
+    Args:
+        info: what the data is (after ``transform``).
+        splits: ``{split: [N, *shape]}`` float32 examples as read from the source.
+        labels: ``{split: [N]}`` int64 labels, or None.
+        transform: the per-batch hook; its ``fixed`` part is applied here, once, to every
+            split, its ``per_use`` part to each training batch.
+    """
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        splits: dict[str, Tensor],
+        labels: dict[str, Tensor] | None = None,
+        transform: BatchTransform | None = None,
+    ):
+        self.transform = transform if transform is not None else IDENTITY
+        self._labels = dict(labels or {})
+        self.info = with_label_count(info, self._labels)
+        self.device = torch.device("cpu")
+        for s in SPLITS:
+            x = splits[s]
+            if x.shape[1:] != tuple(info.shape):
+                raise DataError(
+                    f"split {s} has examples of shape {tuple(x.shape[1:])}, expected {info.shape}"
+                )
+            if len(x) == 0:
+                raise DataError(f"split {s} of dataset {info.name} is empty")
+        self.splits = {
+            s: self.transform.fixed(splits[s], s, torch.arange(len(splits[s]))) for s in SPLITS
+        }
+
+    def size(self, split: str) -> int:
+        return len(self._split(split))
+
+    def tensor(self, split: str) -> Tensor:
+        """The whole split ``[N, *shape]`` (as used by the model)."""
+        return self._split(split)
+
+    def head(self, split: str, n: int) -> Tensor:
+        return self._split(split)[: max(n, 0)]
+
+    def _read(self, split: str, batches: Sequence[Batch]) -> Iterator[Tensor]:
+        x = self._split(split)
+        for idx in batches:
+            yield take(x, idx)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        self.device = torch.device(device)
+        self.splits = {s: x.to(device) for s, x in self.splits.items()}
+        self._labels = {s: y.to(device) for s, y in self._labels.items()}
+        return self
+
+    def with_transform(self, transform: BatchTransform) -> Dataset:
+        if not self.transform.identity:
+            raise DataError(
+                f"{self.info.name} is already transformed ({self.transform.name}); "
+                f"{transform.name} cannot be applied on top of it"
+            )
+        info = transform.info(self.info)
+        return Dataset(info, self.splits, self._labels, transform).to(self.device)
 
     def _split(self, split: str) -> Tensor:
-        if split not in self.splits:
-            raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        self._check_split(split)
         return self.splits[split]
 
 

@@ -10,16 +10,23 @@
   every example identically, whatever the batch boundaries. The training split keeps its
   grey levels (``tensor("train")``, ``eval_batches("train")``): a Bernoulli decoder then
   scores it by cross-entropy, the expectation of the binarised log-likelihood.
+
+Both data implementations binarise through the one per-batch hook of the data contract,
+:class:`Binarize` (see :mod:`aevb.data.transforms`): its ``fixed`` part on every example
+read, its ``per_use`` part on every training batch.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .base import SPLITS, Dataset, DatasetInfo
+from .base import DatasetInfo, DataSource
+from .transforms import BatchTransform
 
 MODES = ("none", "dynamic", "threshold")
 _SPLIT_SALT = {"train": 0x7A3F, "valid": 0x1B2C, "test": 0x5D4E}
@@ -88,26 +95,46 @@ def binarized_info(info: DatasetInfo, mode: str, seed: int) -> DatasetInfo:
     transform = {**info.transform, "binarize": mode}
     if mode == "dynamic":
         transform["binarize_seed"] = seed
-    return DatasetInfo(
-        info.name,
-        info.shape,
-        (0.0, 1.0),
-        info.has_labels,
-        "bernoulli",
-        f"{info.description}; binarized ({mode})",
-        transform,
+    return replace(
+        info,
+        value_range=(0.0, 1.0),
+        likelihood="bernoulli",
+        description=f"{info.description}; binarized ({mode})",
+        transform=transform,
     )
 
 
-class DynamicBinarized(Dataset):
-    """An in-memory dataset whose training batches are redrawn from Bernoulli(x) at every use."""
+class Binarize(BatchTransform):
+    """``--binarize threshold|dynamic`` as the data contract's per-batch hook.
 
-    def prepare_train(self, batch: Tensor) -> Tensor:
-        # The global RNG of the batch's device: saved in training checkpoints, so resume is exact.
-        return torch.bernoulli(batch)
+    ``fixed``: threshold -> ``x > 0.5`` on every split; dynamic -> the validation and test
+    examples drawn once by :func:`binarize_fixed` (the training split keeps its grey
+    levels). ``per_use``: dynamic -> ``b ~ Bernoulli(x)`` for every training batch, from
+    the global RNG of the batch's device (saved in training checkpoints: resume is exact).
+    """
+
+    name = "binarize"
+
+    def __init__(self, mode: str, seed: int):
+        if mode not in MODES or mode == "none":
+            raise DataError(f"--binarize must be one of {list(MODES)}, got {mode!r}")
+        self.mode, self.seed = mode, seed
+
+    def info(self, info: DatasetInfo) -> DatasetInfo:
+        return binarized_info(info, self.mode, self.seed)
+
+    def fixed(self, x: Tensor, split: str, index: Tensor) -> Tensor:
+        if self.mode == "threshold":
+            return binarize_threshold(x)
+        if split in ("valid", "test"):
+            return binarize_fixed(x, self.seed, split, index)
+        return x
+
+    def per_use(self, x: Tensor) -> Tensor:
+        return torch.bernoulli(x) if self.mode == "dynamic" else x
 
 
-def binarize_dataset(ds: Dataset, mode: str, seed: int) -> Dataset:
+def binarize_dataset(ds: DataSource, mode: str, seed: int) -> DataSource:
     """Apply ``--binarize mode`` to a loaded dataset (in memory or read from disk).
 
     Args:
@@ -120,16 +147,4 @@ def binarize_dataset(ds: Dataset, mode: str, seed: int) -> Dataset:
     """
     if mode == "none":
         return ds
-    if mode not in MODES:
-        raise DataError(f"--binarize must be one of {list(MODES)}, got {mode!r}")
-    info = binarized_info(ds.info, mode, seed)
-    if hasattr(ds, "with_binarize"):  # served from disk: binarised example by example
-        return ds.with_binarize(info, mode, seed)
-    labels = {s: y for s in SPLITS if (y := ds.labels(s)) is not None} or None
-    if mode == "threshold":
-        return Dataset(info, {s: binarize_threshold(ds.tensor(s)) for s in SPLITS}, labels)
-    splits = {"train": ds.tensor("train")}
-    for s in ("valid", "test"):
-        x = ds.tensor(s)
-        splits[s] = binarize_fixed(x, seed, s, torch.arange(len(x)))
-    return DynamicBinarized(info, splits, labels)
+    return ds.with_transform(Binarize(mode, seed))

@@ -32,12 +32,20 @@ def load_digits(config: DataConfig) -> Dataset:
         True,
         "bernoulli",
         "scikit-learn 8x8 digits scaled from 0..16 to [0, 1]",
-        {"scale": 1 / 16},
+        {"scale": 1 / 16, "classes": [str(d) for d in range(10)]},
+        num_classes=10,
     )
     return Dataset(info, splits, labels)
 
 
-def _synthetic(name: str, x: torch.Tensor, config: DataConfig, description: str, y=None) -> Dataset:
+def _synthetic(
+    name: str,
+    x: torch.Tensor,
+    config: DataConfig,
+    description: str,
+    y: torch.Tensor | None = None,
+    num_classes: int | None = None,
+) -> Dataset:
     splits, labels = random_splits(
         x, y, config.valid_fraction, config.test_fraction, config.split_seed
     )
@@ -50,6 +58,7 @@ def _synthetic(name: str, x: torch.Tensor, config: DataConfig, description: str,
         "gaussian-shared",
         description,
         {"generator": name, "n": len(x), "seed": config.split_seed},
+        num_classes,
     )
     return Dataset(info, splits, labels)
 
@@ -85,6 +94,7 @@ def load_moons(config: DataConfig) -> Dataset:
         config,
         "two moons",
         torch.tensor(y, dtype=torch.int64),
+        num_classes=2,
     )
 
 
@@ -100,4 +110,4 @@ def load_gaussians(config: DataConfig) -> Dataset:
     angle = k.float() * (2 * math.pi / 8)
     centres = torch.stack([angle.cos(), angle.sin()], dim=1)
     x = centres + 0.1 * torch.randn(config.synthetic_size, 2, generator=g)
-    return _synthetic("gaussians", x, config, "8 Gaussians on a circle", k)
+    return _synthetic("gaussians", x, config, "8 Gaussians on a circle", k, num_classes=8)

@@ -113,6 +113,7 @@ def load_cifar10(config: DataConfig) -> Dataset:
             "classes": list(CLASSES),
             "sha256": FILE.sha256,
         },
+        num_classes=len(CLASSES),
     )
     return Dataset(
         info,

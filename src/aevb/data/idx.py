@@ -233,6 +233,7 @@ def load_idx_dataset(source: IdxSource, config: DataConfig) -> Dataset:
             "classes": list(source.classes),
             "sha256": {**h_train, **h_test},
         },
+        num_classes=len(source.classes),
     )
     return Dataset(
         info,

@@ -182,6 +182,7 @@ def load_image_folder(path: Path, config: DataConfig) -> Dataset:
             "classes": classes,
             "split_seed": config.split_seed,
         },
+        len(classes) if labels is not None else None,
     )
     if on_disk:
         logger.warning(

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import DataConfig
-from .base import Dataset
+from .base import DataSource
 
-Loader = Callable[[DataConfig], Dataset]
+Loader = Callable[[DataConfig], DataSource]
 
 
 # The data settings a source may use (others given with it are refused by `aevb train`).
@@ -30,7 +30,7 @@ DATASETS: dict[str, DatasetSpec] = {}
 def register_dataset(
     name: str, description: str, options: tuple[str, ...] = SPLIT_OPTIONS
 ) -> Callable[[Loader], Loader]:
-    """Decorator: register ``loader(config) -> Dataset`` under ``name``.
+    """Decorator: register ``loader(config) -> DataSource`` under ``name``.
 
     ``options`` names the :class:`~aevb.config.DataConfig` fields the loader uses.
     """

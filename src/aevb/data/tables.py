@@ -1,8 +1,11 @@
 """User tables: ``--dataset FILE.csv`` with a header row; ``--columns a,b,c`` picks columns.
 
-Each row is one example ``(D,)`` of the D selected columns (default: every column), which
-must all be numeric: an empty, non-numeric, NaN or infinite value is an error naming the
-column and the line. Rows are split 80/10/10 from ``--split-seed``; every column is then
+Each row is one example ``(D,)`` of the D selected columns (default: every column but the
+label column), which must all be numeric: an empty, non-numeric, NaN or infinite value is
+an error naming the column and the line. ``--label-column NAME`` takes that column out of
+the features and makes it the class labels: integer classes (every value an integer) are
+sorted numerically, other values as strings, and class k is the k-th of them; the list is
+recorded in ``transform["classes"]`` (label k means ``classes[k]``). Rows are split 80/10/10 from ``--split-seed``; every column is then
 standardised, ``(x - mean) / std``, with the mean and standard deviation of the training
 split (a constant column gets std 1). The statistics are recorded in
 ``transform["standardize"]`` (so in the run's ``config.json``), and later commands, which
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +26,16 @@ import torch
 
 from ..config import DataConfig
 from ..errors import CheckpointError, DataError
-from .base import Dataset, DatasetInfo, split_indices
+from .base import Dataset, DatasetInfo, DataSource, split_indices
 
 
-def read_csv_columns(path: Path, columns: str | None) -> tuple[list[str], np.ndarray]:
-    """The selected columns of a CSV file as ``[N, D]`` float64.
+def read_csv_columns(
+    path: Path, columns: str | None, label_column: str | None = None
+) -> tuple[list[str], np.ndarray, list[str] | None, list[int]]:
+    """The selected columns of a CSV file as ``[N, D]`` float64, and the label column's text.
+
+    Returns:
+        ``(column names, values [N, D], label cells [N] or None, line numbers [N])``.
 
     Raises:
         DataError: unknown column, ragged row, or a value that is not a finite number.
@@ -37,7 +46,22 @@ def read_csv_columns(path: Path, columns: str | None) -> tuple[list[str], np.nda
             header = [h.strip() for h in next(reader, [])]
             if not any(header):
                 raise DataError(f"{path} is empty; a CSV needs a header row naming its columns")
-            wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else header
+            if label_column is not None and label_column not in header:
+                raise DataError(
+                    f"{path} has no column {label_column!r} for --label-column; its columns "
+                    f"are {header}"
+                )
+            if columns:
+                wanted = [c.strip() for c in columns.split(",") if c.strip()]
+                if label_column in wanted:
+                    raise DataError(
+                        f"--columns names {label_column!r}, the --label-column; the label is "
+                        "taken out of the features: leave it out of --columns"
+                    )
+            else:
+                wanted = [c for c in header if c != label_column]
+                if not wanted:
+                    raise DataError(f"{path} has no column besides the label column")
             unknown = [c for c in wanted if c not in header]
             if unknown:
                 raise DataError(f"{path} has no column(s) {unknown}; its columns are {header}")
@@ -50,6 +74,8 @@ def read_csv_columns(path: Path, columns: str | None) -> tuple[list[str], np.nda
                     "columns with --columns"
                 )
             picks = [header.index(c) for c in wanted]
+            label_at = header.index(label_column) if label_column is not None else None
+            label_cells: list[str] = []
             values: list[list[str]] = []
             lines: list[int] = []
             for row in reader:
@@ -61,6 +87,8 @@ def read_csv_columns(path: Path, columns: str | None) -> tuple[list[str], np.nda
                         f"{len(header)}; fix the row"
                     )
                 values.append([row[i] for i in picks])
+                if label_at is not None:
+                    label_cells.append(row[label_at].strip())
                 lines.append(reader.line_num)
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e}); save it as UTF-8 CSV") from None
@@ -72,7 +100,33 @@ def read_csv_columns(path: Path, columns: str | None) -> tuple[list[str], np.nda
     out = np.empty(cells.shape, dtype=np.float64)
     for j, name in enumerate(wanted):
         out[:, j] = _parse_column(cells[:, j], name, lines, path)
-    return wanted, out
+    return wanted, out, (label_cells if label_column is not None else None), lines
+
+
+def class_indices(
+    cells: list[str], name: str, lines: list[int], path: Path
+) -> tuple[torch.Tensor, list[int] | list[str]]:
+    """Labels ``[N]`` in 0..C-1 from a column's text, and the C classes in label order.
+
+    Integer classes (every cell an integer) are sorted numerically, others as strings:
+    ``["3", "1", "3"]`` -> ``[1, 0, 1]`` with classes ``[1, 3]``.
+
+    Raises:
+        DataError: an empty label cell (naming its row and line).
+    """
+    for k, cell in enumerate(cells):
+        if not cell:
+            raise DataError(
+                f"{path}: label column {name!r}, row {k + 1} (line {lines[k]}) is empty; "
+                "every row needs a class"
+            )
+    try:
+        values: list = [int(c) for c in cells]
+    except ValueError:
+        values = list(cells)
+    classes = sorted(set(values))
+    index = {c: i for i, c in enumerate(classes)}
+    return torch.tensor([index[v] for v in values], dtype=torch.int64), classes
 
 
 def _parse_column(cells: np.ndarray, name: str, lines: list[int], path: Path) -> np.ndarray:
@@ -104,8 +158,8 @@ def _parse_column(cells: np.ndarray, name: str, lines: list[int], path: Path) ->
 
 
 def load_csv(path: Path, config: DataConfig) -> Dataset:
-    """A CSV table as a dataset of standardised ``(D,)`` vectors."""
-    names, table = read_csv_columns(path, config.columns)
+    """A CSV table as a dataset of standardised ``(D,)`` vectors (labelled with ``--label-column``)."""
+    names, table, label_cells, lines = read_csv_columns(path, config.columns, config.label_column)
     parts = split_indices(
         len(table), config.valid_fraction, config.test_fraction, config.split_seed
     )
@@ -117,27 +171,34 @@ def load_csv(path: Path, config: DataConfig) -> Dataset:
     splits = {s: x[i] for s, i in parts.items()}
     lo = float(x.min())
     hi = float(x.max())
+    transform = {
+        "kind": "csv",
+        "columns": names,
+        "standardize": {"mean": mean.tolist(), "std": std.tolist(), "from": "train split"},
+        "split_seed": config.split_seed,
+    }
+    labels = None
+    if label_cells is not None:
+        y, classes = class_indices(label_cells, str(config.label_column), lines, path)
+        labels = {s: y[i] for s, i in parts.items()}
+        transform.update(label_column=config.label_column, classes=classes)
     info = DatasetInfo(
         str(path),
         (len(names),),
         (lo, hi),
-        False,
+        labels is not None,
         "gaussian-pixel",
         f"{len(table)} rows of {path.name}, columns {', '.join(names)}, standardised",
-        {
-            "kind": "csv",
-            "columns": names,
-            "standardize": {"mean": mean.tolist(), "std": std.tolist(), "from": "train split"},
-            "split_seed": config.split_seed,
-        },
+        transform,
+        len(classes) if labels is not None else None,
     )
-    return Dataset(info, splits)
+    return Dataset(info, splits, labels)
 
 
 logger = logging.getLogger("aevb")
 
 
-def restandardize(ds: Dataset, recorded: dict) -> Dataset:
+def restandardize(ds: DataSource, recorded: dict) -> DataSource:
     """Express a re-read table in the units the model was trained in.
 
     Later commands re-read a run's CSV; if the file changed since training, its own
@@ -148,6 +209,12 @@ def restandardize(ds: Dataset, recorded: dict) -> Dataset:
     """
     rec = recorded.get("standardize") if isinstance(recorded, dict) else None
     now = ds.info.transform.get("standardize")
+    if rec and "classes" in recorded and recorded["classes"] != ds.info.transform.get("classes"):
+        raise DataError(
+            f"{ds.info.name}'s label column now has the classes "
+            f"{ds.info.transform.get('classes')}, but the run was trained with "
+            f"{recorded['classes']}; labels would mean other classes"
+        )
     if (
         not rec
         or not now
@@ -189,17 +256,13 @@ def restandardize(ds: Dataset, recorded: dict) -> Dataset:
     scale = torch.from_numpy((s_now / s_rec).astype(np.float32))
     offset = torch.from_numpy(((m_now - m_rec) / s_rec).astype(np.float32))
     splits = {s: ds.tensor(s) * scale + offset for s in ("train", "valid", "test")}
-    transform = {**ds.info.transform, "standardize": rec}
-    info = DatasetInfo(
-        ds.info.name,
-        ds.info.shape,
-        (
+    labels = {s: y for s in ("train", "valid", "test") if (y := ds.labels(s)) is not None}
+    info = replace(
+        ds.info,
+        value_range=(
             min(float(x.min()) for x in splits.values()),
             max(float(x.max()) for x in splits.values()),
         ),
-        ds.info.has_labels,
-        ds.info.likelihood,
-        ds.info.description,
-        transform,
+        transform={**ds.info.transform, "standardize": rec},
     )
-    return Dataset(info, splits)
+    return Dataset(info, splits, labels or None)

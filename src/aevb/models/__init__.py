@@ -1,6 +1,7 @@
 """Model variants (one file each) behind one interface (``base.py``) and a registry."""
 
 from .base import Chart, LatentVariableModel
+from .cvae import CVAE
 from .gumbel import GumbelVAE
 from .hvae import HVAE
 from .registry import MODELS, build_model, register_model
@@ -8,6 +9,7 @@ from .vae import VAE
 from .vqvae import VQVAE
 
 __all__ = [
+    "CVAE",
     "HVAE",
     "MODELS",
     "VAE",

@@ -12,6 +12,9 @@ of aevb (trainer, objectives, estimators, figures, CLI, explorer) uses only thes
 
 ``y`` is the context of a conditional model (a label, an observed part of the image);
 unconditional models accept and ignore it, so callers never branch on the model's kind.
+Code that goes from a data batch ``(x, labels)`` to these calls first asks the model for
+its context, ``y = model.context(x, labels)`` (the objectives and estimators do): the
+labels for a label-conditioned model, the observed part of x for a completion model.
 
 The objective is not part of the model: :mod:`aevb.objectives` turns these pieces into a
 loss, and the trainer's step holds model and objective together.
@@ -27,14 +30,20 @@ Two optional capabilities have defaults that keep every model working:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..latents import KLTerms, LatentSpace, Posterior, Prior, kl_divergence
 from ..likelihoods import Likelihood
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..data.base import DatasetInfo
 
 
 @dataclass(frozen=True)
@@ -64,16 +73,53 @@ class LatentVariableModel(nn.Module):
     Attributes:
         name: the ``--model`` name.
         section: the dataclass of this variant's own config section (or None).
-        conditional: whether the model needs a context ``y`` (labels, an observed part).
+        conditions_on: what the model conditions on: None, ``"labels"`` (class labels, with
+            ``num_classes`` classes) or ``"observed"`` (an observed part of each example,
+            ``scored_mask`` marking the rest, which the likelihood scores).
+        num_classes: label classes of a label-conditioned model, else None.
         latent: the description of z.
         likelihood: the decoder likelihood p(x|z) (a module of :mod:`aevb.likelihoods`).
+        log_px_name: what ``log_likelihood`` and the estimators score, in words.
     """
 
     name: ClassVar[str]
     section: ClassVar[type | None] = None
-    conditional: ClassVar[bool] = False
+    conditions_on: str | None = None
+    num_classes: int | None = None
     latent: LatentSpace
     likelihood: Likelihood
+    log_px_name: str = "log p(x)"
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model needs a context ``y`` (labels, an observed part)."""
+        return self.conditions_on is not None
+
+    @classmethod
+    def fit_config(cls, config: RunConfig, info: DatasetInfo) -> RunConfig:
+        """The run config with what the data decides for this variant filled in and checked
+        against the data (e.g. the number of classes); called before the model is built,
+        and again by later commands on the data they are given. Default: nothing to do."""
+        return config
+
+    def context(self, x: Tensor, y: Tensor | None = None) -> Tensor | None:
+        """The context to condition on, from a data batch: ``x`` ``[B, *event]`` and its
+        labels ``y`` ``[B]`` (or None). Default: the labels (ignored by unconditional models)."""
+        return y
+
+    def default_context(self, n: int) -> Tensor | None:
+        """The context of :meth:`sample` when none is given (e.g. every class in turn)."""
+        return None
+
+    @property
+    def scored_mask(self) -> Tensor | None:
+        """``[*event]`` 0/1: the part of x the likelihood scores (None: all of it)."""
+        return None
+
+    def num_scored_dims(self) -> int:
+        """How many data dimensions ``log_likelihood`` scores (for bits per dimension)."""
+        mask = self.scored_mask
+        return math.prod(self.likelihood.event_shape) if mask is None else int(mask.sum())
 
     # --- the interface ------------------------------------------------------------------
     def posterior(self, x: Tensor, y: Tensor | None = None) -> Posterior:
@@ -142,19 +188,43 @@ class LatentVariableModel(nn.Module):
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
     ) -> Tensor:
-        """``[n, *event]`` new data: z ~ p(z) at ``temperature``, then decoded."""
+        """``[n, *event]`` new data: z ~ p(z|y) at ``temperature``, then decoded.
+
+        ``y`` is the context of each of the n samples (e.g. ``[n]`` labels); without it a
+        conditional model uses :meth:`default_context`.
+        """
+        if y is None:
+            y = self.default_context(n)
         z = self.prior(y).sample(n, temperature, generator)
         return self.generate(z, y, mean=mean, generator=generator)
 
     @torch.no_grad()
+    def complete(
+        self,
+        x: Tensor,
+        n: int,
+        temperature: float = 1.0,
+        mean: bool = False,
+        generator: torch.Generator | None = None,
+        mask: str | None = None,
+    ) -> Tensor:
+        """``n`` completions ``[n, B, *event]`` of each example from its observed part: a
+        capability of models with ``conditions_on == "observed"``; others refuse."""
+        raise ConfigError(
+            "completion needs a model trained to complete images (--model cvae --condition "
+            "mask); this one is not"
+        )
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """E[x | z = q's representative point]: ``[B, *event]`` -> ``[B, *event]``."""
-        return self.generate(self.posterior(x, y).point(), y)
+        c = self.context(x, y)
+        return self.generate(self.posterior(x, c).point(), c)
 
     @torch.no_grad()
     def embed(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The posterior summary of each example: ``[B, *event]`` -> ``[B, summary_dim]``."""
-        return self.posterior(x, y).summary()
+        return self.posterior(x, self.context(x, y)).summary()
 
     @property
     def device(self) -> torch.device:

@@ -103,6 +103,12 @@ class Explorer:
         check_run(run_dir)
         self.run_dir = Path(run_dir)
         self.model: nn.Module = ckpt.load_model(run_dir, device=device)
+        if self.model.conditional:  # the page has no control for a label or an observed part
+            raise AevbError(
+                f"aevb serve explores unconditional models, but {run_dir} conditions on "
+                f"{self.model.conditions_on}: use `aevb sample --label`, `aevb classes` or "
+                "`aevb complete`"
+            )
         self.latent = self.model.latent
         self.device = torch.device(device)
         self.config = ckpt.load_config(run_dir)
