@@ -263,11 +263,19 @@ def perplexity(p: Tensor) -> float:
 
 
 @torch.no_grad()
-def prior_sample(model: nn.Module, n: int, seed: int = 0) -> Tensor:
-    """``[n, *z]`` draws of the prior p(z), seeded (for the figure's reference marginals)."""
+def prior_sample(model: nn.Module, n: int, seed: int = 0, context: Tensor | None = None) -> Tensor:
+    """``[n, *z]`` draws of the prior p(z), seeded (for the figure's reference marginals).
+
+    For a conditional model, ``context`` ``[B, ...]`` are the contexts of the data (labels,
+    observed parts): each draw takes one of them at random, so the draws follow the prior's
+    marginal over the data, sum_y p(y) p(z|y).
+    """
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    return model.prior().sample(n, 1.0, gen)
+    if context is None or not model.conditional:
+        return model.prior().sample(n, 1.0, gen)
+    pick = torch.randint(len(context), (n,), generator=torch.Generator().manual_seed(seed))
+    return model.prior(context[pick.to(context.device)]).sample(n, 1.0, gen)
 
 
 def usage_summary(s: AggregateSample, prior_z: Tensor, latent: LatentSpace) -> dict[str, Any]:
@@ -353,7 +361,13 @@ def diagnose(
     s = aggregate_posterior_sample(
         model, dataset, split, samples, batch_size=batch_size, seed=seed, progress=progress
     )
-    prior_z = prior_sample(model, max(len(s.z), PRIOR_DRAWS), seed)
+    context = None
+    if model.conditional:  # the prior's marginal over this split's contexts
+        n = min(dataset.size(split), PRIOR_DRAWS)
+        x, y = dataset.head(split, n), dataset.head_labels(split, n)
+        device = next(model.parameters()).device
+        context = model.context(x.to(device), None if y is None else y.to(device))
+    prior_z = prior_sample(model, max(len(s.z), PRIOR_DRAWS), seed, context)
     out = aggregate_kl(s)
     latent = model.latent
     usage = usage_summary(s, prior_z, latent) if latent.kind != "continuous" else None
@@ -522,13 +536,13 @@ def traversal(
     if example is not None:
         base = q.point()[example]
     else:
-        base = _origin(model, latent, seed)
+        base = _origin(model, latent, seed, y)
     if latent.kind == "continuous":
         levels = torch.linspace(*TRAVERSAL_LEVELS, steps, dtype=torch.float64)
         if latent.standard_normal:
             values = torch.special.ndtri(levels).expand(len(units), steps)
         else:
-            draws = prior_sample(model, 4096, seed).reshape(4096, -1).double().cpu()
+            draws = prior_sample(model, 4096, seed, y).reshape(4096, -1).double().cpu()
             values = torch.quantile(draws[:, units_t], levels, dim=0).T
         column_labels = [f"{100 * float(v):.3g}%" for v in levels]
     else:
@@ -547,13 +561,13 @@ def traversal(
     return Traversal(z, base, units_t, values, column_labels, row_labels)
 
 
-def _origin(model: nn.Module, latent: LatentSpace, seed: int) -> Tensor:
+def _origin(model: nn.Module, latent: LatentSpace, seed: int, context: Tensor | None) -> Tensor:
     device = next(model.parameters()).device
     if latent.kind == "continuous":
         if latent.standard_normal:
             return torch.zeros(latent.shape, device=device)
-        return prior_sample(model, 4096, seed).float().mean(0)
-    draws = prior_sample(model, 1024, seed)
+        return prior_sample(model, 4096, seed, context).float().mean(0)
+    draws = prior_sample(model, 1024, seed, context)
     if latent.kind == "codes":
         return draws.reshape(len(draws), -1).mode(0).values.view(latent.shape)
     idx = draws.reshape(len(draws), -1, latent.shape[-1]).argmax(-1).mode(0).values

@@ -514,11 +514,13 @@ def plot_traversal(
     (:func:`aevb.diagnostics.traversal` says which units and values)."""
     from .diagnostics import traversal
 
-    t = traversal(model, x, y, example=example, rows=rows, steps=steps)
+    c = model.context(x, y)  # labels, or the observed part of each example
+    t = traversal(model, x, c, example=example, rows=rows, steps=steps)
     r, s = t.values.shape
     context = None
-    if y is not None and example is not None:
-        context = y[example : example + 1].expand(r * s, *y.shape[1:])
+    if c is not None:  # decode with the example's context (the first example's at the origin)
+        i = example if example is not None else 0
+        context = c[i : i + 1].expand(r * s, *c.shape[1:])
     decoded = model.generate(t.z.flatten(0, 1), context)
     start = f"example {example}'s posterior point" if example is not None else "the prior's origin"
     what = {"continuous": "prior quantiles", "categorical": "classes", "codes": "codes"}.get(
