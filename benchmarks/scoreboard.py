@@ -65,10 +65,14 @@ ROWS: dict[str, dict] = {
             model="hvae",
             latent_dims=(100, 50),
             hidden_top=(100, 100),
-            epochs=1500,
+            epochs=1000,
+            beta_schedule="linear",
+            beta_warmup_steps=25_000,
             **CPU_SCHEDULE,
         ),
-        "schedule": "cpu: batch 100, Adam(eps 1e-4) lr 1e-3, 5-epoch warm-up, cosine to 0",
+        # Without a KL warm-up the learned p(z1|z2) slows learning badly (valid neg-ELBO 113
+        # after 235 epochs, against 98.6 for one layer); with it, 108 after 23 epochs.
+        "schedule": "cpu, with a linear KL warm-up over the first 50 epochs (Sønderby et al. 2016)",
         "published": ("88.08", "Burda et al. 2015, appendix"),
     },
     "iwae1": {
