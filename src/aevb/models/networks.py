@@ -132,6 +132,18 @@ class ConvEncoder(nn.Module):
         return self.head(_with_context(h.flatten(1), cond)).unflatten(0, lead)
 
 
+def decoder_sizes(
+    event_shape: tuple[int, ...], hidden: tuple[int, ...], out_shape: tuple[int, ...]
+) -> list[tuple[int, int]]:
+    """The spatial sizes a convolutional decoder restores (:func:`conv_sizes`), after checking
+    that the likelihood's parameters ``out_shape`` end in the image's H and W."""
+    if tuple(out_shape[-2:]) != tuple(event_shape[-2:]):
+        raise ConfigError(
+            f"a convolutional decoder emits images of size {event_shape[-2:]}, not {out_shape}"
+        )
+    return conv_sizes(event_shape, len(hidden))
+
+
 class ConvDecoder(nn.Module):
     def __init__(
         self,
@@ -142,12 +154,8 @@ class ConvDecoder(nn.Module):
         out_shape: tuple[int, ...],
     ):
         super().__init__()
-        self.sizes = conv_sizes(event_shape, len(hidden))
+        self.sizes = decoder_sizes(event_shape, hidden, out_shape)
         self.out_shape = tuple(out_shape)
-        if self.out_shape[-2:] != tuple(event_shape[-2:]):
-            raise ConfigError(
-                f"a conv decoder emits images of size {event_shape[-2:]}, not {out_shape}"
-            )
         h, w = self.sizes[-1]
         self.top = (hidden[-1], h, w)
         self.fc = nn.Sequential(
@@ -172,15 +180,16 @@ class ConvDecoder(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """``x + conv3x3(act(conv3x3(act(x))))`` at constant channels and size (pre-activation)."""
+    """``x + conv_k(act(conv3x3(act(x))))`` at constant channels and size (pre-activation);
+    the second kernel is 3 here, 1 in VQ-VAE's blocks (van den Oord et al. 2017)."""
 
-    def __init__(self, channels: int, activation: str):
+    def __init__(self, channels: int, activation: str, last_kernel: int = 3):
         super().__init__()
         self.body = nn.Sequential(
             ACTIVATIONS[activation](),
             nn.Conv2d(channels, channels, kernel_size=3, padding=1),
             ACTIVATIONS[activation](),
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.Conv2d(channels, channels, kernel_size=last_kernel, padding=last_kernel // 2),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -239,12 +248,8 @@ class ResNetDecoder(nn.Module):
         out_shape: tuple[int, ...],
     ):
         super().__init__()
-        self.sizes = conv_sizes(event_shape, len(hidden))
+        self.sizes = decoder_sizes(event_shape, hidden, out_shape)
         self.out_shape = tuple(out_shape)
-        if self.out_shape[-2:] != tuple(event_shape[-2:]):
-            raise ConfigError(
-                f"a resnet decoder emits images of size {event_shape[-2:]}, not {out_shape}"
-            )
         h, w = self.sizes[-1]
         self.top = (hidden[-1], h, w)
         self.fc = nn.Linear(latent_dim, hidden[-1] * h * w)

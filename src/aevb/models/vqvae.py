@@ -46,24 +46,8 @@ from ..likelihoods import likelihood_from_config
 from ..pixelcnn import GatedPixelCNN
 from ..quantizer import VectorQuantizer, code_perplexity, nearest_code
 from .base import Chart, LatentVariableModel
-from .networks import ACTIVATIONS, conv_sizes
+from .networks import ACTIVATIONS, ResBlock, conv_sizes, decoder_sizes
 from .registry import register_model
-
-
-class ResidualBlock(nn.Module):
-    """``x + conv1x1(act(conv3x3(act(x))))`` at constant shape ``[B, C, h, w]``."""
-
-    def __init__(self, channels: int, activation: str):
-        super().__init__()
-        self.body = nn.Sequential(
-            ACTIVATIONS[activation](),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            ACTIVATIONS[activation](),
-            nn.Conv2d(channels, channels, 1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
 
 
 class GridEncoder(nn.Module):
@@ -84,7 +68,7 @@ class GridEncoder(nn.Module):
         for a, b in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Conv2d(a, b, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
         layers.append(nn.Conv2d(hidden[-1], hidden[-1], 3, padding=1))
-        layers += [ResidualBlock(hidden[-1], activation) for _ in range(res_blocks)]
+        layers += [ResBlock(hidden[-1], activation, last_kernel=1) for _ in range(res_blocks)]
         layers += [ACTIVATIONS[activation](), nn.Conv2d(hidden[-1], code_dim, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -105,14 +89,10 @@ class GridDecoder(nn.Module):
         out_shape: tuple[int, ...],
     ):
         super().__init__()
-        self.sizes = conv_sizes(event_shape, len(hidden))
+        self.sizes = decoder_sizes(event_shape, hidden, out_shape)
         self.out_shape = tuple(out_shape)
-        if self.out_shape[-2:] != tuple(event_shape[-2:]):
-            raise ConfigError(
-                f"a conv decoder emits images of size {event_shape[-2:]}, not {out_shape}"
-            )
         layers: list[nn.Module] = [nn.Conv2d(code_dim, hidden[-1], 3, padding=1)]
-        layers += [ResidualBlock(hidden[-1], activation) for _ in range(res_blocks)]
+        layers += [ResBlock(hidden[-1], activation, last_kernel=1) for _ in range(res_blocks)]
         layers.append(ACTIVATIONS[activation]())
         self.top = nn.Sequential(*layers)
         chans = [math.prod(self.out_shape[:-2]), *hidden]
