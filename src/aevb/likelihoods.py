@@ -126,8 +126,18 @@ class Likelihood(nn.Module):
 
     def check_data(self, x: Tensor) -> None:
         """Raise :class:`DataError` if ``x`` cannot be scored by this likelihood."""
-        if not torch.isfinite(x).all():
+        self.finite_range(x)
+
+    @staticmethod
+    def finite_range(x: Tensor) -> tuple[float, float]:
+        """``(min, max)`` of ``x`` in one pass; :class:`DataError` if any value is NaN or inf
+        (the min and max propagate NaN, and an inf is one of them)."""
+        if x.numel() == 0:
+            return 0.0, 0.0
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise DataError("data contains NaN or inf values; clean or impute them first")
+        return lo, hi
 
 
 @register_likelihood
@@ -180,8 +190,7 @@ class Bernoulli(Likelihood):
         return torch.bernoulli(self.mean(params), generator=generator)
 
     def check_data(self, x: Tensor) -> None:
-        super().check_data(x)
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = self.finite_range(x)
         if lo < 0.0 or hi > 1.0:
             raise DataError(
                 f"the bernoulli likelihood needs data in [0, 1] but values span [{lo:g}, {hi:g}]; "
