@@ -16,8 +16,11 @@
 Everything is written against the model interface (:mod:`aevb.models.base`), so it holds
 for every model. Batched over examples and chunked over samples: at most ``chunk_size``
 (example, sample) pairs go through the decoder at once, so memory is bounded whatever K.
-The noise of sample k of a batch depends only on (seed, k), so results do not depend on
-the chunk size. A deterministic posterior (a point mass) needs one sample, whatever K.
+The noise of sample k of a batch depends only on (seed, k), and the samples are reduced in
+fixed blocks whatever the chunks (:class:`SampleReducer`), so results are bit-identical
+for every chunk size. The likelihood is prepared once per batch
+(``model.log_likelihood_fn``: the per-example work done once, the decoder's last layer
+fused with the likelihood where the model offers it). A deterministic posterior (a point mass) needs one sample, whatever K.
 Per-example tensors are ``[B]`` in nats.
 """
 
