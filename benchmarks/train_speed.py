@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import statistics
 import sys
@@ -279,6 +280,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     device = torch.device(args.device)
     batch = args.batch_size
     x, source = load_data(args.examples)
@@ -351,8 +353,19 @@ def main() -> None:
         "fraction_of_square_peak": aevb_flops / peak_square,
         "matmul_at_model_shapes_gflops_per_cpu_s": peak_at_shapes_cpu / 1e9,
         "fraction_of_matmul_peak_cpu_time": aevb_cpu / batch * step_flops / peak_at_shapes_cpu,
+        "load_average": [round(v, 2) for v in load_before],
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "command": "python " + " ".join(sys.argv),
     }
+    out["targets"] = {
+        "fraction_of_matmul_peak >= 0.75": out["fraction_of_matmul_peak"] >= 0.75,
+        "fraction_of_matmul_peak_cpu_time >= 0.75": out["fraction_of_matmul_peak_cpu_time"] >= 0.75,
+    }
+    if has_ref:
+        out["targets"]["speedup vs the example's loop >= 1.3"] = out["speedup"] >= 1.3
+        out["targets"]["speedup_cpu_time vs the example's loop >= 1.3"] = (
+            out["speedup_cpu_time"] >= 1.3
+        )
     if args.json:
         print(json.dumps(out))
         return
@@ -360,7 +373,10 @@ def main() -> None:
         f"Training speed, {out['model']}, batch {batch}, {source}, "
         f"{device_name} ({out['machine']}), torch {torch.__version__}"
     )
-    print(f"median of {args.repeats} repeats of {args.steps} steps; command: {out['command']}")
+    print(
+        f"median of {args.repeats} repeats of {args.steps} steps; load average "
+        f"{out['load_average']} -> {out['load_average_end']}; command: {out['command']}"
+    )
     print()
     print("| training loop | examples / s | GFLOP/s | speed-up | examples / CPU-s | speed-up |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -392,6 +408,9 @@ def main() -> None:
         f"{100 * out['fraction_of_matmul_peak_cpu_time']:.0f}% of torch.mm at the model's shapes "
         f"({peak_at_shapes_cpu / 1e9:.1f} GFLOP per CPU-s)."
     )
+    print()
+    for target, met in out["targets"].items():
+        print(f"target {target}: {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -252,3 +252,25 @@ def test_python_dash_m_is_the_same_program():
     assert proc.stdout.startswith("usage: aevb")
     for command in COMMANDS:
         assert command in proc.stdout
+
+
+def test_help_never_imports_torch():
+    """``aevb --help`` and every command's ``--help`` answer without importing torch (fast)."""
+    script = (
+        "import sys\n"
+        "from aevb.cli import build_parser, main\n"
+        "build_parser()\n"
+        "assert 'torch' not in sys.modules, 'build_parser imported torch'\n"
+        f"for command in {COMMANDS!r} + [None]:\n"
+        "    try:\n"
+        "        main([command, '--help'] if command else ['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    assert 'torch' not in sys.modules, f'aevb {command} --help imported torch'\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("usage: aevb") == len(COMMANDS) + 1

@@ -37,8 +37,12 @@ def test_evaluate_gives_the_numbers_of_the_release_that_wrote_it(legacy):
         assert key not in now and then.pop(key) is not None
     assert "not binary" in now["bits_per_dim_note"]
     for key, value in then.items():
-        if isinstance(value, float):  # log q is now computed from the noise: float rounding
-            assert now[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+        if isinstance(value, float):
+            # Float rounding only: log q is now computed from the noise, and the K samples are
+            # reduced in float64 blocks instead of chained float32 logaddexps, which moves
+            # log p(x) (-39 nats, float32 steps of 3.8e-6) by ~1e-6; the gap, a difference of
+            # two such numbers, moves by as much in absolute terms.
+            assert now[key] == pytest.approx(value, rel=1e-6, abs=1e-5), key
         elif isinstance(value, list):
             np.testing.assert_allclose(now[key], value, rtol=1e-6, atol=1e-9, err_msg=key)
         else:

@@ -221,12 +221,22 @@ def test_evaluation_memory_is_bounded_by_the_chunk_for_every_variant(variant):
     model = aevb.load(run)
     data = aevb.load_dataset(ckpt.load_config(run).data)
     seen = []
-    real = model.log_likelihood
+    real, real_fn = model.log_likelihood, model.log_likelihood_fn
 
     def counting(x, z, y=None):
         seen.append(z.shape[0] * z.shape[1])
         return real(x, z, y)
 
+    def counting_fn(x, y=None):  # the estimator's prepared (possibly fused) likelihood
+        of_z = real_fn(x, y)
+
+        def log_px_z(z):
+            seen.append(z.shape[0] * z.shape[1])
+            return of_z(z)
+
+        return log_px_z
+
     model.log_likelihood = counting
+    model.log_likelihood_fn = counting_fn
     res = aevb.evaluate(model, data, "test", k=300, chunk_size=128, batch_size=50)
     assert max(seen) <= 128 and res["n_examples"] == 180

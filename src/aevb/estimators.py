@@ -16,8 +16,11 @@
 Everything is written against the model interface (:mod:`aevb.models.base`), so it holds
 for every model. Batched over examples and chunked over samples: at most ``chunk_size``
 (example, sample) pairs go through the decoder at once, so memory is bounded whatever K.
-The noise of sample k of a batch depends only on (seed, k), so results do not depend on
-the chunk size. A deterministic posterior (a point mass) needs one sample, whatever K.
+The noise of sample k of a batch depends only on (seed, k), and the samples are reduced in
+fixed blocks whatever the chunks (:class:`SampleReducer`), so results are bit-identical
+for every chunk size. The likelihood is prepared once per batch
+(``model.log_likelihood_fn``: the per-example work done once, the decoder's last layer
+fused with the likelihood where the model offers it). A deterministic posterior (a point mass) needs one sample, whatever K.
 Per-example tensors are ``[B]`` in nats.
 """
 
@@ -58,6 +61,57 @@ def chunk_samples(k: int, batch: int, chunk_size: int) -> int:
     return max(1, min(k, chunk_size // max(batch, 1)))
 
 
+# Samples are reduced in fixed blocks of this many, whatever the chunks they were drawn in.
+REDUCE_BLOCK = 64
+
+
+class SampleReducer:
+    """logsumexp and sums over samples, in fixed blocks of samples, whatever the chunking.
+
+    Chunks of samples ``[c, B, ...]`` arrive in order; they are reduced in blocks of
+    ``REDUCE_BLOCK`` samples (the last one shorter), and the blocks are combined in order:
+    the same operations on the same numbers for every chunk size, so the result is
+    bit-identical whatever the chunk size. Memory stays at one block; the reductions are in
+    float64 (returned as such).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Tensor, ...]] = []
+        self.rows = 0
+        self.lse: Tensor | None = None  # logsumexp of the first quantity
+        self.sums: list[Tensor] | None = None  # sums of the others
+
+    def add(self, log_w: Tensor, *others: Tensor) -> None:
+        """One chunk: ``log_w`` ``[c, B]`` and other per-sample quantities ``[c, B, ...]``."""
+        self.pending.append((log_w, *others))
+        self.rows += len(log_w)
+        if self.rows >= REDUCE_BLOCK:
+            self._reduce(final=False)
+
+    def _reduce(self, final: bool) -> None:
+        parts = [torch.cat(t) if len(t) > 1 else t[0] for t in zip(*self.pending, strict=True)]
+        n = len(parts[0])
+        stop = n if final else n - n % REDUCE_BLOCK
+        for a in range(0, stop, REDUCE_BLOCK):
+            # float64: K = 5000 samples are ~80 blocks, combined without float32 rounding
+            block = [t[a : min(a + REDUCE_BLOCK, stop)].double() for t in parts]
+            lse = torch.logsumexp(block[0], dim=0)
+            sums = [t.sum(0) for t in block[1:]]
+            self.lse = lse if self.lse is None else torch.logaddexp(self.lse, lse)
+            self.sums = (
+                sums if self.sums is None else [s + t for s, t in zip(self.sums, sums, strict=True)]
+            )
+        self.pending = [tuple(t[stop:] for t in parts)] if stop < n else []
+        self.rows = n - stop
+
+    def result(self) -> tuple[Tensor, list[Tensor]]:
+        """``(logsumexp of log_w [B], [sum of each other quantity])``."""
+        if self.rows:
+            self._reduce(final=True)
+        assert self.lse is not None and self.sums is not None, "no samples were added"
+        return self.lse, self.sums
+
+
 @torch.inference_mode()
 def importance_weighted(
     model: LatentVariableModel,
@@ -88,27 +142,25 @@ def importance_weighted(
         raise ValueError("k must be >= 1")
     y = model.context(x, y)
     q, p = model.posterior(x, y), model.prior(y)
+    log_px_z_of = model.log_likelihood_fn(x, y)  # per-example work once, for every chunk
     noise = q.noise
     b = x.shape[0]
     k_eff = 1 if noise.deterministic else k  # all samples of a point mass are one
     c = chunk_samples(k_eff, b, chunk_size)
-    dtype = q.summary().dtype if q.summary().is_floating_point() else torch.float32
-    lse = torch.full((b,), -math.inf, device=x.device, dtype=dtype)
-    sum_log_px_z = torch.zeros(b, device=x.device, dtype=dtype)
-    sum_rate = None
+    summary = q.summary()
+    dtype = summary.dtype if summary.is_floating_point() else torch.float32
     kl = model.kl(q, p)
+    reducer = SampleReducer()
     for k0 in range(0, k_eff, c):
         k1 = min(k_eff, k0 + c)
         eps = sample_noise(noise, seed, k0, k1, b, x.device, dtype)
-        t = importance_terms(model, x, q, p, eps, y)
-        lse = torch.logaddexp(lse, torch.logsumexp(t.log_w, dim=0))
-        sum_log_px_z += t.log_px_z.sum(0)
-        if kl is None:
-            r = (t.log_qz - t.log_pz).sum(0)  # [B, G]
-            sum_rate = r if sum_rate is None else sum_rate + r
-    log_px_iw = lse - math.log(k_eff)
-    distortion = -sum_log_px_z / k_eff
-    rate_groups = kl.groups if kl is not None else sum_rate / k_eff
+        t = importance_terms(model, x, q, p, eps, y, log_likelihood=log_px_z_of)
+        mc_rate = () if kl is not None else (t.log_qz - t.log_pz,)  # [c, B, G]
+        reducer.add(t.log_w.to(dtype), t.log_px_z.to(dtype), *mc_rate)
+    lse, (sum_log_px_z, *sum_rate) = reducer.result()
+    log_px_iw = (lse - math.log(k_eff)).to(dtype)
+    distortion = (-sum_log_px_z / k_eff).to(dtype)
+    rate_groups = kl.groups if kl is not None else (sum_rate[0] / k_eff).to(dtype)
     rate = rate_groups.sum(-1)
     neg_elbo = distortion + rate
     out = {
@@ -118,7 +170,7 @@ def importance_weighted(
         "neg_elbo": neg_elbo,
         "gap": log_px_iw + neg_elbo,
         "rate_groups": rate_groups,
-        "summary": q.summary().to(dtype),
+        "summary": summary.to(dtype),
     }
     if kl is not None and kl.per_dim is not None:
         out["kl_per_dim"] = kl.per_dim

@@ -63,16 +63,21 @@ def importance_terms(
     y: Tensor | None = None,
     *,
     reparameterised: bool = False,
+    log_likelihood: Callable[[Tensor], Tensor] | None = None,
 ) -> ImportanceTerms:
     """The one function of importance weights: z_k ~ q(z|x) from noise ``eps`` ``[S, B, *noise]``,
     then log p(x|z_k), log p(z_k) and log q(z_k|x).
 
     ``reparameterised`` keeps the samples differentiable (IWAE training); otherwise they
-    are q's exact samples (estimation).
+    are q's exact samples (estimation). ``log_likelihood`` is log p(x|.) prepared for this
+    x by ``model.log_likelihood_fn(x, y)`` (fused and with its per-example work done once;
+    the estimator prepares it once per batch for all its chunks); by default
+    ``model.log_likelihood``.
     """
     sample = q.rsample_and_log_prob if reparameterised else q.sample_and_log_prob
     z, log_qz = sample(eps, groups=True)
-    return ImportanceTerms(z, model.log_likelihood(x, z, y), p.log_prob(z, groups=True), log_qz)
+    log_px_z = model.log_likelihood(x, z, y) if log_likelihood is None else log_likelihood(z)
+    return ImportanceTerms(z, log_px_z, p.log_prob(z, groups=True), log_qz)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import scipy.io
 import torch
 
 from ..config import DataConfig
@@ -37,6 +36,8 @@ def parse_frey(content: bytes, name: str = FILE.name) -> np.ndarray:
     Raises:
         DataError: not a MATLAB file, no variable ``ff``, or the wrong shape or type.
     """
+    import scipy.io  # here, not at module import: it costs 0.1 s of every aevb start
+
     try:
         mat = scipy.io.loadmat(io.BytesIO(content))
     except (ValueError, TypeError, OSError, NotImplementedError) as e:

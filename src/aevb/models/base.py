@@ -31,6 +31,7 @@ Two optional capabilities have defaults that keep every model working:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -137,6 +138,16 @@ class LatentVariableModel(nn.Module):
     def log_likelihood(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:
         """log p(x|z) in nats: ``x`` ``[B, *event]``, ``z`` ``[S, B, *z]`` -> ``[S, B]``."""
         return self.likelihood.log_prob(x, self.decode(z, y))
+
+    def log_likelihood_fn(self, x: Tensor, y: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """log p(x|z) for a fixed batch ``x``, as a function ``z`` ``[S, B, *z]`` -> ``[S, B]``.
+
+        For many calls with the same x (the estimator's chunks of samples): a model may do
+        per-example work once here and fuse its decoder with the likelihood (see
+        :func:`~aevb.models.networks.decoder_log_likelihood`). Equal to
+        :meth:`log_likelihood` up to float rounding; that is the default.
+        """
+        return lambda z: self.log_likelihood(x, z, y)
 
     def kl(self, q: Posterior, p: Prior) -> KLTerms | None:
         """Closed-form KL(q || p) per group, or None (then the rate is estimated by Monte Carlo)."""

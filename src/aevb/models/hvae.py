@@ -15,7 +15,7 @@ q(z1|x) q(z2|z1). Active units are reported per layer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..distributions import LOG_2PI
 from ..latents import LatentGroup, LatentSpace, NoiseSpec, Posterior, Prior
 from ..likelihoods import likelihood_from_config
 from .base import LatentVariableModel
-from .networks import build_networks, mlp
+from .networks import build_networks, decoder_log_likelihood, mlp
 from .registry import register_model
 
 
@@ -174,3 +174,7 @@ class HVAE(LatentVariableModel):
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """p(x|z1): only the first group reaches the data."""
         return self.decoder(z[..., : self.d1])
+
+    def log_likelihood_fn(self, x: Tensor, y: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        of_z1 = decoder_log_likelihood(self.decoder, self.likelihood, x)
+        return lambda z: of_z1(z[..., : self.d1])

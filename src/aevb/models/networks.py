@@ -18,11 +18,16 @@ A new architecture registers its two classes in :data:`ENCODERS` and :data:`DECO
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..likelihoods import Likelihood
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -30,6 +35,13 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "softplus": nn.Softplus,
+}
+
+
+# Activations with an in-place form of the same numbers (used without autograd).
+IN_PLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
+    nn.ReLU: torch.relu_,
+    nn.Tanh: torch.tanh_,
 }
 
 
@@ -83,6 +95,25 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).unflatten(-1, self.out_shape)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The last layer: features ``[..., F]`` -> the flattened params."""
+        return self.net[-1]
+
+    def features(self, z: Tensor) -> Tensor:
+        """Every layer but the last: ``[..., latent_dim]`` -> ``[..., F]``.
+
+        Without autograd the activations run in place (no fresh tensor per layer, which on a
+        CPU costs page faults in the evaluator's hot loop); the numbers are the same.
+        """
+        h = z
+        in_place = not (
+            torch.is_grad_enabled() and (z.requires_grad or self.head.weight.requires_grad)
+        )
+        for layer in self.net[:-1]:
+            h = IN_PLACE[type(layer)](h) if in_place and type(layer) in IN_PLACE else layer(h)
+        return h
 
 
 def conv_sizes(event_shape: tuple[int, ...], n_layers: int) -> list[tuple[int, int]]:
@@ -286,6 +317,22 @@ DECODERS: dict[str, type[nn.Module]] = {
     "conv": ConvDecoder,
     "resnet": ResNetDecoder,
 }
+
+
+def decoder_log_likelihood(
+    decoder: nn.Module, likelihood: Likelihood, x: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """log p(x|z) for a fixed batch ``x`` as a function of the decoder's input ``[..., B, d]``.
+
+    An MLP decoder's last layer is fused with the likelihood where the likelihood offers it
+    (:meth:`~aevb.likelihoods.Likelihood.linear_log_prob`, the Bernoulli does), with the
+    per-example work done here, once; otherwise params are decoded and scored.
+    """
+    if isinstance(decoder, MLPDecoder):
+        fused = likelihood.linear_log_prob(x, decoder.head.weight, decoder.head.bias)
+        if fused is not None:
+            return lambda z: fused(decoder.features(z))
+    return lambda z: likelihood.log_prob(x, decoder(z))
 
 
 def build_networks(

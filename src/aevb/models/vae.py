@@ -11,7 +11,7 @@ The model sees only its own sections: ``model`` (networks, likelihood, prior), `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from ..latents import (
 )
 from ..likelihoods import likelihood_from_config
 from .base import LatentVariableModel
-from .networks import build_networks
+from .networks import build_networks, decoder_log_likelihood
 from .registry import register_model
 
 
@@ -96,6 +96,9 @@ class VAE(LatentVariableModel):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.decoder(z)
+
+    def log_likelihood_fn(self, x: Tensor, y: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        return decoder_log_likelihood(self.decoder, self.likelihood, x)
 
     def data_init(self, x: Tensor) -> None:
         if self.config.prior == "vamp":
