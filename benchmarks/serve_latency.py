@@ -13,7 +13,9 @@ Scenarios (one latent each, as the page's sliders and map drags send):
   * ``decode-256``: ``POST /api/decode`` with 256 latents (a batch), raw.
 
 The client threads share the machine with the server: on a small machine the numbers
-include that contention.
+include that contention. A conditional run (``--run`` of a ``--model cvae``) gets a context
+in every request, as the page sends it: a random class, or a random example of the test
+split whose observed part a completion model keeps.
 
 Usage:
     python benchmarks/serve_latency.py                      # trains the default run first
@@ -69,11 +71,21 @@ def make_body(scenario: str, info: dict, rng: random.Random) -> tuple[str, bytes
 
     if scenario == "map-raw":
         body = {"split": "test", "points": [[rng.uniform(-2, 2), rng.uniform(-2, 2)]]}
-        return "/api/map/decode", json.dumps(body).encode()
+        return "/api/map/decode", json.dumps({**body, **context(info, rng)}).encode()
     n = 256 if scenario == "decode-256" else 1
     fmt = "png" if scenario == "decode-png" else "raw"
-    body = {"coords": [latent() for _ in range(n)], "format": fmt}
+    body = {"coords": [latent() for _ in range(n)], "format": fmt, **context(info, rng)}
     return "/api/decode", json.dumps(body).encode()
+
+
+def context(info: dict, rng: random.Random) -> dict:
+    """The request fields of a conditional model's context ({} for an unconditional one)."""
+    if info.get("conditions_on") == "labels":
+        return {"label": rng.randrange(len(info["classes"]))}
+    if info.get("conditions_on") == "observed":
+        examples = min(info["splits"]["test"], 100)  # all within the map's first examples
+        return {"split": "test", "context_index": rng.randrange(examples)}
+    return {}
 
 
 def load_test(

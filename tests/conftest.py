@@ -39,6 +39,33 @@ def digits_run_4d(tmp_path_factory) -> Path:
     return run
 
 
+# Conditional digits runs (aevb serve's tests): a label-conditioned CVAE with the N(0, I)
+# prior, one with a learned p(z|y), and a completion model (top half observed, p(z|x_obs)
+# learned).
+CVAE_RUNS = {
+    "labels": ["--model", "cvae"],
+    "labels-prior": ["--model", "cvae", "--conditional-prior", "true", "--latent-dim", "3"],
+    "mask": ["--model", "cvae", "--condition", "mask", "--conditional-prior", "true"]
+    + ["--latent-dim", "3"],
+}
+
+
+@pytest.fixture(scope="session")
+def cvae_run(tmp_path_factory):
+    """``cvae_run(name)``: the path of the CVAE_RUNS run ``name``, trained on first use."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            run = tmp_path_factory.mktemp("cvae") / name
+            res = run_cli("train", *SMALL, *CVAE_RUNS[name], "--figures", "false", "--out", run)
+            assert res.code == 0, res.err
+            made[name] = run
+        return made[name]
+
+    return get
+
+
 @pytest.fixture
 def binary_npy(tmp_path) -> Path:
     """A user .npy of 300 binary vectors of length 12 (a shape no built-in dataset has)."""

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 import aevb
 from aevb import checkpoint as ckpt
+from aevb.errors import AevbError, DataError
 from aevb.latents import LatentGroup, LatentSpace, NoiseSpec, Posterior, Prior
 from aevb.likelihoods import build_likelihood
 from aevb.models import register_model
@@ -393,3 +394,176 @@ def test_discrete_map_prior_and_interpolation(toy):
     assert path["method"] == "discrete" and path["coords"][0] == a and path["coords"][-1] == b
     for t, c in enumerate(path["coords"]):  # step t holds B's first t positions
         assert c == b[:t] + a[t:]
+
+
+# --- conditional models: the context of every decode ------------------------------------------
+@pytest.fixture(scope="module")
+def cvae(cvae_run):
+    """(TestClient, model, test split x, test labels) of a conditional run by name."""
+    made: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple[TestClient, nn.Module, Tensor, Tensor]:
+        if name not in made:
+            run = cvae_run(name)
+            ds = aevb.load_dataset(ckpt.load_config(run).data)
+            made[name] = (client(run), aevb.load(run), ds.tensor("test"), ds.labels("test"))
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["labels", "labels-prior"])
+def test_a_label_model_decodes_with_the_selected_class(cvae, name):
+    api, model, x, y = cvae(name)
+    info = api.get("/api/info").json()
+    assert info["conditions_on"] == "labels" and info["observed_mask"] is None
+    assert info["classes"] == [str(k) for k in range(10)]  # digits records no class names
+    z = torch.randn(5, info["coord_dim"], generator=torch.Generator().manual_seed(2))
+    images = {}
+    for label in (3, 7):
+        r = api.post("/api/decode", json={"coords": z.tolist(), "label": label}).json()
+        want = model.generate(torch.tensor(z.tolist()), torch.full((5,), label))
+        images[label] = pixels(r["images"])
+        assert torch.equal(images[label], as_u8(want))
+    assert not torch.equal(images[3], images[7])  # the class changes the picture
+    # the map embeds each example with its own label; an example decodes with its own too
+    m = api.get("/api/map").json()
+    q = model.posterior(x, y)
+    assert m["labels"] == y.tolist()
+    if info["coord_dim"] == 2:
+        torch.testing.assert_close(torch.tensor(m["xy"]), q.summary(), atol=1e-4, rtol=0)
+    e = api.get("/api/example", params={"index": 4}).json()
+    assert e["label"] == int(y[4])
+    torch.testing.assert_close(torch.tensor(e["coords"]), q.point()[4], atol=1e-4, rtol=0)
+    point = torch.tensor([e["coords"]])
+    assert torch.equal(pixels(e["decoded"]), as_u8(model.generate(point, y[4:5])))
+    # map clicks and interpolation paths decode with the selected class
+    r = api.post("/api/map/decode", json={"points": [m["xy"][9]], "label": 5}).json()
+    want = model.generate(torch.tensor(r["coords"]), torch.tensor([5]))
+    assert torch.equal(pixels(r["images"]), as_u8(want))
+    r = api.post("/api/interpolate", json={"a": 0, "b": 1, "steps": 4, "label": 2}).json()
+    want = model.generate(torch.tensor(r["coords"]), torch.full((4,), 2))
+    assert torch.equal(pixels(r["images"]), as_u8(want))
+
+
+@pytest.mark.parametrize("name", ["labels", "labels-prior"])
+def test_prior_samples_of_a_label_model_draw_p_z_given_the_class(cvae, name):
+    api, model, _, _ = cvae(name)
+    draws = {}
+    for label in (1, 8):
+        r = api.post("/api/prior", json={"n": 6, "seed": 4, "temperature": 0.8, "label": label})
+        r = r.json()
+        y = torch.full((6,), label)
+        z = model.prior(y).sample(6, 0.8, torch.Generator().manual_seed(4))
+        torch.testing.assert_close(torch.tensor(r["coords"]), z, atol=1e-4, rtol=0)
+        assert torch.equal(pixels(r["images"]), as_u8(model.generate(torch.tensor(r["coords"]), y)))
+        draws[label] = torch.tensor(r["coords"])
+        origin = torch.tensor(api.post("/api/origin", json={"label": label}).json()["coords"][0])
+        if name == "labels":  # N(0, I) whatever the class: the same z for the same seed
+            assert torch.equal(origin, torch.zeros(2))
+        else:  # the mean of p(z|y) (of 512 draws: within 5 standard errors)
+            p = model.prior(torch.tensor([label]))
+            se = torch.exp(0.5 * p.logvar[0]) / math.sqrt(512)
+            assert ((origin - p.mu[0]).abs() < 5 * se).all(), (origin, p.mu[0], se)
+    assert torch.equal(draws[1], draws[8]) == (name == "labels")
+
+
+def test_a_completion_model_keeps_the_chosen_examples_observed_part(cvae, cvae_run):
+    api, model, x, _ = cvae("mask")
+    info = api.get("/api/info").json()
+    assert info["conditions_on"] == "observed" and info["classes"] is None
+    seen = torch.tensor(info["observed_mask"], dtype=torch.bool)  # [H, W]: rows 0..3 (top)
+    assert torch.equal(seen, model.scored_mask[0] == 0) and seen[:4].all() and not seen[4:].any()
+    z = torch.randn(3, 3, generator=torch.Generator().manual_seed(5))
+    for i in (2, 11):
+        r = api.post("/api/decode", json={"coords": z.tolist(), "context_index": i}).json()
+        c = model.context(x[i : i + 1]).expand(3, -1, -1, -1)
+        got = pixels(r["images"])
+        assert torch.equal(got, as_u8(model.generate(torch.tensor(z.tolist()), c)))
+        assert torch.equal(got[:, :4], as_u8(x[i : i + 1]).expand(3, -1, -1, -1)[:, :4])
+    # prior samples for the chosen example are its completions (model.complete, same seed)
+    r = api.post("/api/prior", json={"n": 8, "seed": 6, "context_index": 2}).json()
+    gen = torch.Generator().manual_seed(6)
+    want = model.complete(x[2:3], 8, mean=True, generator=gen)[:, 0]
+    assert torch.equal(pixels(r["images"]), as_u8(want))
+    origin = api.post("/api/origin", json={"context_index": 2}).json()["coords"][0]
+    p = model.prior(model.context(x[2:3]))  # p(z | x_obs), learned: its mean, of 512 draws
+    se = torch.exp(0.5 * p.logvar[0]) / math.sqrt(512)
+    assert ((torch.tensor(origin) - p.mu[0]).abs() < 5 * se).all()
+    # the map embeds each example with its own observed part; the context follows the split
+    m = api.get("/api/map", params={"split": "valid"}).json()
+    xv = aevb.load_dataset(ckpt.load_config(cvae_run("mask")).data).tensor("valid")
+    pc = model.posterior(xv, model.context(xv)).summary()
+    mean, comps = (torch.tensor(m["pca"][k], dtype=torch.float64) for k in ("mean", "components"))
+    xy = ((pc.double() - mean) @ comps.T).float()
+    torch.testing.assert_close(torch.tensor(m["xy"]), xy, atol=1e-4, rtol=0)
+    body = {"split": "valid", "points": [[0.1, 0.2]], "context_index": 7}
+    r = api.post("/api/map/decode", json=body).json()
+    want = model.generate(torch.tensor(r["coords"]), model.context(xv[7:8]))
+    assert torch.equal(pixels(r["images"]), as_u8(want))
+
+
+BAD_CONTEXT = [
+    ("labels", "/api/decode", {"coords": [[0, 0]]}, 422, "give label, a class in [0, 9]"),
+    ("labels", "/api/decode", {"coords": [[0, 0]], "label": 10}, 422, "class in [0, 9], got 10"),
+    ("labels", "/api/decode", {"coords": [[0, 0]], "label": -1}, 422, "got -1"),
+    ("labels", "/api/decode", {"coords": [[0, 0]], "label": "3"}, 422, "label must be an integer"),
+    ("labels", "/api/decode", {"coords": [[0, 0]], "label": True}, 422, "must be an integer"),
+    ("labels", "/api/decode", {"coords": [[0, 0]], "label": 1, "context_index": 0}, 422,
+     "not context_index"),
+    ("labels", "/api/prior", {"n": 2}, 422, "give label"),
+    ("labels", "/api/origin", {"label": 99}, 422, "got 99"),
+    ("labels", "/api/map/decode", {"points": [[0, 0]]}, 422, "give label"),
+    ("labels", "/api/interpolate", {"a": 0, "b": 1, "label": 12}, 422, "got 12"),
+    ("mask", "/api/decode", {"coords": [[0, 0, 0]]}, 422, "give context_index"),
+    ("mask", "/api/decode", {"coords": [[0, 0, 0]], "label": 3}, 422, "not label"),
+    ("mask", "/api/decode", {"coords": [[0, 0, 0]], "context_index": 99999}, 422,
+     "context_index must be in [0, 180)"),
+    ("mask", "/api/decode", {"coords": [[0, 0, 0]], "context_index": -2}, 422, "context_index"),
+    ("mask", "/api/prior", {"context_index": 0, "split": "nope"}, 404, "unknown split"),
+    ("mask", "/api/origin", {}, 422, "give context_index"),
+    ("plain", "/api/decode", {"coords": [[0, 0]], "label": 3}, 422, "unconditional: drop label"),
+    ("plain", "/api/prior", {"context_index": 0}, 422, "unconditional: drop context_index"),
+    ("plain", "/api/map/decode", {"points": [[0, 0]], "label": 0}, 422, "unconditional"),
+]  # fmt: skip
+GOOD = {
+    "labels": {"coords": [[0.0, 0.0]], "label": 0},
+    "mask": {"coords": [[0.0, 0.0, 0.0]], "context_index": 0},
+    "plain": {"coords": [[0.0, 0.0]]},
+}
+
+
+@pytest.mark.parametrize("name,path,body,status,words", BAD_CONTEXT)
+def test_a_missing_or_wrong_context_is_a_4xx_and_the_server_keeps_serving(
+    cvae, api, name, path, body, status, words
+):
+    served = api if name == "plain" else cvae(name)[0]
+    r = served.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert words.lower() in r.json()["error"].lower()
+    assert served.post("/api/decode", json=GOOD[name]).status_code == 200
+
+
+def test_an_unconditional_model_says_it_takes_no_context(api):
+    info = api.get("/api/info").json()
+    assert info["conditions_on"] is None and info["classes"] is None
+    assert info["observed_mask"] is None
+    origin = api.post("/api/origin", json={}).json()
+    assert origin["coords"] == [info["origin"]] and origin["images"]["n"] == 1
+
+
+def test_without_its_data_a_label_model_still_decodes_and_a_completion_model_says_why(
+    cvae_run, monkeypatch
+):
+    def gone(run):
+        raise DataError("the data folder is gone")
+
+    monkeypatch.setattr("aevb.serve.explorer.load_run_dataset", gone)
+    api = client(cvae_run("labels-prior"))  # the prior's marginal: every class in turn
+    assert api.get("/api/info").json()["splits"] == {}
+    r = api.post("/api/decode", json={"coords": [[0.0, 0.0, 0.0]], "label": 4})
+    assert r.status_code == 200 and r.json()["images"]["n"] == 1
+    r = api.post("/api/decode", json={"coords": [[0.0, 0.0, 0.0]], "label": 4, "split": "test"})
+    assert r.status_code == 200
+    with pytest.raises(AevbError, match="observed part.*the data folder is gone"):
+        Explorer(cvae_run("mask"))

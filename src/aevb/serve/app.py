@@ -10,7 +10,8 @@ GET         /                  the page (``static/index.html``)
 GET         /api/info          -> run, latent description, coordinate ranges, splits, limits
 GET         /api/summary       -> metrics.jsonl curves, the last record, evaluation files
 GET         /api/map           ``?split=test`` -> map positions, labels, axes, PCA (if any)
-GET         /api/example       ``?split=test&index=3`` -> ``{"coords", "example", "decoded"}``
+GET         /api/example       ``?split=test&index=3`` -> ``{"coords", "example", "decoded",
+                               "label"}`` (decoded with the example's own context)
 POST        /api/decode        ``{"coords": [[...P numbers], ...], "format": "raw"|"png"}``
                                -> ``{"images": ...}`` (at most 1,024 points)
 POST        /api/map/decode    ``{"split", "points": [[x, y], ...], "format"}``
@@ -18,7 +19,15 @@ POST        /api/map/decode    ``{"split", "points": [[x, y], ...], "format"}``
 POST        /api/interpolate   ``{"split", "a", "b", "steps", "method", "format"}``
                                -> ``{"coords", "images"}``
 POST        /api/prior         ``{"n", "temperature", "seed", "format"}`` -> ``{"coords", "images"}``
+POST        /api/origin        ``{"format"}`` -> ``{"coords", "images"}``: the prior's origin
 ==========  =================  ===========================================================
+
+Conditional models (``/api/info``'s ``conditions_on``) need one context in every POST: a
+class ``"label"`` (``"labels"``: 0 .. C-1, named in ``classes``), or ``"context_index"``,
+the example of ``"split"`` (default test) whose observed part a completion model keeps
+(``"observed"``; ``observed_mask`` marks those pixels). Each decoded point and prior draw
+takes it; the map embeds every example with its own. A context that is missing, out of
+range, or given to a model that does not take it is a 422.
 
 ``images`` is ``{"format": "raw", "n", "height", "width", "channels", "data": base64 of
 uint8 [n, height, width, channels]}``, or ``{"format": "png", "n", "png": [data URLs]}``,
@@ -133,6 +142,17 @@ def get_points(body: Body, key: str, width: int, integer: bool = False, top: int
     return t.float()
 
 
+def get_context(ex: Explorer, body: Body) -> Tensor | None:
+    """The context a request names (``label`` or ``split`` + ``context_index``), checked."""
+    given = {}
+    for key in ("label", "context_index"):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise ExplorerError(f"{key} must be an integer, got {v!r}")
+        given[key] = v
+    return ex.context(given["label"], body.get("split", "test"), given["context_index"])
+
+
 # --- writing responses ----------------------------------------------------------------
 def encode_images(x: Tensor, fmt: str, value_range: tuple[float, float]) -> Body:
     """Decoded data ``[N, *event]`` as the page draws it (see the module docstring)."""
@@ -197,6 +217,9 @@ def create_app(explorer: Explorer) -> Starlette:
     async def info(request: Request) -> Response:
         low, high = ex.slider_range()
         splits = ex.splits()
+        observed = ex.model.scored_mask
+        if observed is not None and is_image(ex.event_shape):  # pixels given in every channel
+            observed = (observed == 0).all(0).int().tolist()
         return JSONResponse(
             clean(
                 {
@@ -220,6 +243,9 @@ def create_app(explorer: Explorer) -> Starlette:
                     "map_mode": ex.map_mode(),
                     "interpolation_methods": ex.interpolation_methods(),
                     "limits": {"points": MAX_POINTS, "steps": MAX_STEPS},
+                    "conditions_on": ex.conditions_on,
+                    "classes": ex.class_names(),
+                    "observed_mask": observed,
                 }
             )
         )
@@ -276,11 +302,13 @@ def create_app(explorer: Explorer) -> Starlette:
 
         def work() -> Body:
             x, c = ex.example(split, index)
+            labels = ex.latent_map(split).labels
             return {
                 "index": index,
                 "coords": coords_out(c.unsqueeze(0))[0],
                 "example": images(x.unsqueeze(0), fmt),
-                "decoded": images(ex.decode(c.unsqueeze(0)), fmt),
+                "decoded": images(ex.decode(c.unsqueeze(0), ex.example_context(split, index)), fmt),
+                "label": None if labels is None else int(labels[index]),
             }
 
         return JSONResponse(await run_in_threadpool(work))
@@ -289,7 +317,11 @@ def create_app(explorer: Explorer) -> Starlette:
         body = await read_body(request)
         fmt = get_choice(body, "format", "raw", FORMATS)
         coords = get_points(body, "coords", ex.coord_dim, discrete, top)
-        x = await run_in_threadpool(ex.decode, coords)
+
+        def work() -> Tensor:
+            return ex.decode(coords, get_context(ex, body))
+
+        x = await run_in_threadpool(work)
         return JSONResponse({"images": images(x, fmt)})
 
     async def map_decode(request: Request) -> Response:
@@ -299,9 +331,10 @@ def create_app(explorer: Explorer) -> Starlette:
         points = get_points(body, "points", 2)
 
         def work() -> Body:
+            context = get_context(ex, body)
             coords, nearest = ex.map_to_coords(split, points)
             out = {"coords": coords_out(coords), "nearest": nearest.tolist()}
-            return {**out, "images": images(ex.decode(coords), fmt)}
+            return {**out, "images": images(ex.decode(coords, context), fmt)}
 
         return JSONResponse(await run_in_threadpool(work))
 
@@ -315,12 +348,13 @@ def create_app(explorer: Explorer) -> Starlette:
         a, b = get_int(body, "a", None, 0, 10**9), get_int(body, "b", None, 0, 10**9)
 
         def work() -> Body:
+            context = get_context(ex, body)
             (_, ca), (_, cb) = ex.example(split, a), ex.example(split, b)
             path = ex.interpolate(ca, cb, steps, method)
             return {
                 "method": method,
                 "coords": coords_out(path),
-                "images": images(ex.decode(path), fmt),
+                "images": images(ex.decode(path, context), fmt),
             }
 
         return JSONResponse(await run_in_threadpool(work))
@@ -333,8 +367,23 @@ def create_app(explorer: Explorer) -> Starlette:
         seed = get_int(body, "seed", 0, 0, 2**63 - 1)
 
         def work() -> Body:
-            coords = ex.prior_samples(n, temperature, seed)
-            return {"coords": coords_out(coords), "images": images(ex.decode(coords), fmt)}
+            context = get_context(ex, body)
+            coords = ex.prior_samples(n, temperature, seed, context)
+            return {
+                "coords": coords_out(coords),
+                "images": images(ex.decode(coords, context), fmt),
+            }
+
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def origin(request: Request) -> Response:
+        body = await read_body(request)
+        fmt = get_choice(body, "format", "raw", FORMATS)
+
+        def work() -> Body:
+            context = get_context(ex, body)
+            coords = ex.origin(context).unsqueeze(0)
+            return {"coords": coords_out(coords), "images": images(ex.decode(coords, context), fmt)}
 
         return JSONResponse(await run_in_threadpool(work))
 
@@ -354,6 +403,7 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/map/decode", map_decode, methods=["POST"]),
         Route("/api/interpolate", interpolate, methods=["POST"]),
         Route("/api/prior", prior, methods=["POST"]),
+        Route("/api/origin", origin, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {

@@ -1,5 +1,7 @@
 // aevb explorer: draws what the server decodes. No model code runs here; every latent is
-// sent to /api/* and comes back as pixels (raw uint8 arrays) or vector values.
+// sent to /api/* and comes back as pixels (raw uint8 arrays) or vector values. A conditional
+// model's context goes with every request: the selected class, or the current example
+// (whose observed part a completion model keeps).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +17,8 @@ const state = {
   coords: [], // the current latent, as page coordinates (see explorer.py)
   marker: null, // [x, y] of the current latent on the map, when known
   example: 0,
+  label: 0, // the selected class of a label-conditioned model
+  contextKey: null, // "split#example" whose observed part a completion model decodes with
   page: 0,
   busy: 0,
 };
@@ -38,6 +42,14 @@ async function api(path, body) {
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
+}
+
+// The context a conditional model decodes with (see app.py), as request fields.
+function contextBody() {
+  const on = state.info.conditions_on;
+  if (on === "labels") return { label: state.label };
+  if (on === "observed") return { split: state.split, context_index: state.example };
+  return {};
 }
 
 // Live requests (drag, sliders, temperature): one in flight; while it runs, only the
@@ -101,7 +113,40 @@ function drawGrid(canvas, images, { cols = images.n, size = 64, gap = 4 } = {}) 
   const ctx = canvas.getContext("2d");
   ctx.imageSmoothingEnabled = false;
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  tiles.forEach((t, i) => ctx.drawImage(t, (i % cols) * (size + gap), Math.floor(i / cols) * (size + gap), size, size));
+  tiles.forEach((t, i) => {
+    const [x, y] = [(i % cols) * (size + gap), Math.floor(i / cols) * (size + gap)];
+    ctx.drawImage(t, x, y, size, size);
+    if (images.format !== "vector") markObserved(ctx, x, y, size);
+  });
+}
+
+function markObserved(ctx, x0, y0, size) {
+  // a completion model's observed part (the context, pasted back as given): tinted, and
+  // outlined where it meets the part the model fills in
+  const mask = state.info.observed_mask;
+  if (!mask) return;
+  const [h, w] = [mask.length, mask[0].length];
+  const [sx, sy] = [size / w, size / h];
+  const seen = (r, c) => r >= 0 && r < h && c >= 0 && c < w && mask[r][c] === 1;
+  ctx.save();
+  ctx.fillStyle = "rgba(47, 111, 223, 0.18)";
+  ctx.strokeStyle = "#2f6fdf";
+  ctx.lineWidth = Math.max(1, Math.min(2, sx / 4));
+  ctx.beginPath();
+  for (let r = 0; r < h; r++) {
+    for (let c = 0; c < w; c++) {
+      if (!seen(r, c)) continue;
+      const [x, y] = [x0 + c * sx, y0 + r * sy];
+      ctx.fillRect(x, y, sx, sy);
+      const missing = (rr, cc) => rr >= 0 && rr < h && cc >= 0 && cc < w && !seen(rr, cc);
+      if (missing(r - 1, c)) { ctx.moveTo(x, y); ctx.lineTo(x + sx, y); }
+      if (missing(r + 1, c)) { ctx.moveTo(x, y + sy); ctx.lineTo(x + sx, y + sy); }
+      if (missing(r, c - 1)) { ctx.moveTo(x, y); ctx.lineTo(x, y + sy); }
+      if (missing(r, c + 1)) { ctx.moveTo(x + sx, y); ctx.lineTo(x + sx, y + sy); }
+    }
+  }
+  ctx.stroke();
+  ctx.restore();
 }
 
 function drawDecoded(images) {
@@ -111,7 +156,7 @@ function drawDecoded(images) {
 
 // --- the current latent ---------------------------------------------------------------
 const decodeCurrent = live(async () => {
-  const res = await api("/api/decode", { coords: [state.coords] });
+  const res = await api("/api/decode", { coords: [state.coords], ...contextBody() });
   drawDecoded(res.images);
   drawMap();
 });
@@ -139,6 +184,7 @@ async function showExample(index, adopt) {
   ctx.imageSmoothingEnabled = false;
   ctx.clearRect(0, 0, 192, 192);
   ctx.drawImage(imageTiles(res.example)[0], 0, 0, 192, 192);
+  if (res.example.format !== "vector") markObserved(ctx, 0, 0, 192);
   const label = state.map && state.map.labels ? `, label ${state.map.labels[index]}` : "";
   $("example-caption").textContent = `example #${index} of ${state.split}${label}`;
   if (adopt) {
@@ -146,6 +192,58 @@ async function showExample(index, adopt) {
     drawDecoded(res.decoded);
     drawMap();
   }
+  // the example's context: its class (when it is the start), or its observed part
+  const on = state.info.conditions_on;
+  if (on === "labels" && adopt && res.label != null && res.label !== state.label) {
+    selectClass(res.label, false); // res.decoded already has the example's own class
+  } else if (on === "observed" && `${state.split}#${index}` !== state.contextKey) {
+    contextChanged(!adopt);
+  }
+}
+
+// --- the context of a conditional model ----------------------------------------------------
+function selectClass(label, redecode = true) {
+  state.label = label;
+  $("class").value = String(label);
+  contextChanged(redecode);
+}
+
+function contextChanged(redecode = true) {
+  // a new class or observed part: redraw what was decoded with the old one
+  state.contextKey = `${state.split}#${state.example}`;
+  describeContext();
+  if (redecode) decodeCurrent();
+  samplePrior();
+  if (state.map) interpolate().catch((e) => setStatus(e.message, true));
+}
+
+function describeContext() {
+  const info = state.info;
+  if (info.conditions_on === "labels") {
+    const name = info.classes[state.label];
+    $("decoded-caption").textContent = `E[x | z, y = ${name}] of the current latent and the selected class`;
+    $("interp-hint").textContent = "Decode the path between the posterior points of two examples of the split (each encoded with its own class), with the selected class.";
+    $("prior-hint").textContent = `New data of class ${name}: z drawn from p(z | y = ${name}) at a temperature (below 1 stays near the typical region), then decoded with that class.`;
+  } else if (info.conditions_on === "observed") {
+    $("decoded-caption").textContent = `E[x | z, x_obs]: the tinted, outlined part is example #${state.example}'s, as given`;
+    $("interp-hint").textContent = `Decode the path between the posterior points of two examples of the split, completing example #${state.example}'s observed part.`;
+    $("prior-hint").textContent = `Completions of example #${state.example}: z drawn from p(z | x_obs) at a temperature, then decoded with its observed part (tinted).`;
+  }
+}
+
+function setupContext() {
+  const info = state.info;
+  if (info.conditions_on === "labels") {
+    info.classes.forEach((name, k) => $("class").append(new Option(name, String(k))));
+    $("class-pick").hidden = false;
+    $("class").addEventListener("change", () => selectClass(Number($("class").value)));
+  } else if (info.conditions_on === "observed") {
+    $("context-note").hidden = false;
+    $("context-note").textContent = "This model completes an example from its observed part (tinted and outlined): every decode and prior sample keeps the part of the example shown on the right. Choose another example # to complete it.";
+    $("example-index").addEventListener("change", () =>
+      showExample(Number($("example-index").value), false).catch((e) => setStatus(e.message, true)));
+  }
+  describeContext();
 }
 
 // --- sliders and pickers ------------------------------------------------------------------
@@ -279,7 +377,7 @@ function drawMap() {
 }
 
 const decodeMapPoint = live(async (point) => {
-  const res = await api("/api/map/decode", { split: state.split, points: [point] });
+  const res = await api("/api/map/decode", { split: state.split, points: [point], ...contextBody() });
   state.coords = res.coords[0];
   state.marker = state.info.map_mode === "inverse" ? point : state.map.xy[res.nearest[0]];
   state.nearest = res.nearest[0];
@@ -307,6 +405,7 @@ function setupMap() {
   const stop = () => {
     if (!dragging) return;
     dragging = false;
+    if (state.info.conditions_on === "observed") return; // the shown example is the context
     if (state.nearest !== undefined) showExample(state.nearest, false).catch((e) => setStatus(e.message, true));
   };
   canvas.addEventListener("pointerup", stop);
@@ -335,6 +434,9 @@ async function loadMap(split) {
   state.marker = project(state.coords);
   drawMap();
   setStatus("");
+  if (state.info.conditions_on === "observed" && `${split}#${state.example}` !== state.contextKey) {
+    await showExample(Math.min(state.example, m.n - 1), false); // the new split's example
+  }
 }
 
 // --- interpolation, prior samples, run summary --------------------------------------------
@@ -342,7 +444,7 @@ async function interpolate() {
   const steps = Number($("interp-steps").value);
   const res = await api("/api/interpolate", {
     split: state.split, a: Number($("interp-a").value), b: Number($("interp-b").value),
-    steps, method: $("interp-method").value,
+    steps, method: $("interp-method").value, ...contextBody(),
   });
   drawGrid($("interp-strip"), res.images, { cols: Math.min(steps, 16), size: 64 });
 }
@@ -352,6 +454,7 @@ const samplePrior = live(async () => {
   $("prior-temp-value").textContent = temperature.toFixed(2);
   const res = await api("/api/prior", {
     n: Number($("prior-n").value), temperature, seed: Number($("prior-seed").value),
+    ...contextBody(),
   });
   drawGrid($("prior-grid"), res.images, { cols: 16, size: 52 });
 });
@@ -418,20 +521,33 @@ function describeRun(info) {
   const l = info.latent;
   const prior = l.standard_normal ? ", N(0, I) prior" : "";
   const size = l.kind === "continuous" ? `${info.coord_dim} dims` : `shape ${l.shape.join("×")}, ${l.classes} classes`;
-  return `${info.name} · ${info.model} on ${info.dataset} · ${l.kind} latent (${size}${prior})`;
+  const context = { labels: " · conditioned on the class", observed: " · completes the observed part" };
+  return `${info.name} · ${info.model} on ${info.dataset} · ${l.kind} latent (${size}${prior})${context[info.conditions_on] || ""}`;
 }
 
 async function main() {
   const info = (state.info = await api("/api/info"));
   $("run-line").textContent = describeRun(info);
   state.coords = info.origin.slice();
+  const splits = Object.keys(info.splits);
+  state.split = info.default_split || splits[0] || state.split;
+  state.contextKey = `${state.split}#${state.example}`;
+  setupContext();
   setupSliderPages();
   renderSliders();
   setupTabs();
   setupMap();
   const catchShow = (p) => p.catch((e) => setStatus(e.message, true));
   for (const m of info.interpolation_methods) $("interp-method").append(new Option(m, m));
-  $("from-origin").addEventListener("click", () => { setCoords(info.origin); decodeCurrent(); });
+  $("from-origin").addEventListener("click", () => {
+    if (!info.conditions_on) { setCoords(info.origin); decodeCurrent(); return; }
+    // the origin of p(z | this context) (a conditional prior's depends on it)
+    api("/api/origin", contextBody()).then((res) => {
+      setCoords(res.coords[0]);
+      drawDecoded(res.images);
+      drawMap();
+    }).catch((e) => setStatus(e.message, true));
+  });
   $("from-example").addEventListener("click", () => catchShow(showExample(Number($("example-index").value), true)));
   $("interp-a-set").addEventListener("click", () => { $("interp-a").value = state.example; });
   $("interp-b-set").addEventListener("click", () => { $("interp-b").value = state.example; });
@@ -441,7 +557,6 @@ async function main() {
   decodeCurrent();
   samplePrior();
   catchShow(loadSummary());
-  const splits = Object.keys(info.splits);
   if (!splits.length) {
     $("map-hint").textContent = info.data_error || "This run has no data: the map is off.";
     ["interp-go", "from-example"].forEach((id) => { $(id).disabled = true; });
