@@ -12,7 +12,7 @@ TensorBoard tags (the names of metrics.jsonl, so the two agree number for number
 
 * ``neg_elbo/train``, ``neg_elbo/valid``, ``kl/...`` (the rate), ``recon_nll/...`` (the
   distortion), and every other ``train_X`` / ``valid_X`` value as ``X/train`` / ``X/valid``;
-  vectors one scalar per entry (``kl_per_dim/train/3`` is latent dimension 3's KL);
+  vectors one scalar per entry (``kl_per_dim/valid/3`` is latent dimension 3's KL);
 * ``schedule/lr``, ``schedule/beta``, ``schedule/tau``, ...: the values in force at the
   epoch's last step;
 * ``progress/epoch``, ``progress/skipped_steps``, ``progress/wall_time_s``;

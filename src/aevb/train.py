@@ -591,7 +591,8 @@ def _train_epoch(
             bad = bad | ~torch.isfinite(nn.utils.clip_grad_norm_(params, tc.grad_clip))
         bad = distributed.any_rank(bad)
         _optimizer_step(s.optimizer, bad)
-        acc.add(mask=~bad, **out.per_example())
+        # per-example scalars only: the per-dimension KL is logged from validation
+        acc.add(mask=~bad, **{k: v for k, v in out.per_example().items() if v.dim() == 1})
         step_metrics.add(out.metrics, ~bad)
         s.last_batch = (x, y)
         skipped = skipped + bad
