@@ -1,7 +1,9 @@
-"""The README's "Extending aevb" example runs as written, in a fresh interpreter.
+"""The "Extending aevb" examples (README.md and docs/extending.md) run as written, each in
+a fresh interpreter.
 
-It registers a likelihood, an objective with its own config section, a prior and a model;
-a fresh process keeps those registrations out of the other tests' registries.
+They register a likelihood, an objective (in the docs with its own config section), a
+prior and a model; a fresh process keeps those registrations out of the other tests'
+registries.
 """
 
 from __future__ import annotations
@@ -11,13 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_extending_example_runs(tmp_path):
-    text = README.read_text()
-    section = text[text.index("## Extending aevb") :]
-    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
+def _example(path: Path, heading: str) -> str:
+    text = path.read_text()
+    section = text[text.index(heading) :]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+
+
+@pytest.mark.parametrize(
+    "path, heading",
+    [(ROOT / "README.md", "## Extending aevb"), (ROOT / "docs/extending.md", "# Extending aevb")],
+    ids=["README", "docs"],
+)
+def test_extending_example_runs(tmp_path, path, heading):
+    code = _example(path, heading)
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
