@@ -375,11 +375,9 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
             vals = [_num(r.get(f"{split}_{key}")) for r in metrics]
             shown += vals
             ax.plot(steps, vals, style, marker="." if len(steps) < 30 else None, label=split)
-        finite = np.asarray([v for v in shown if np.isfinite(v)])
-        if len(steps) >= 30 and finite.size:
-            lo, hi = float(finite.min()), float(np.percentile(finite, 95))
-            pad = 0.05 * (hi - lo) if hi > lo else 1.0
-            ax.set_ylim(lo - pad, hi + pad)
+        limits = robust_ylim(shown) if len(steps) >= 30 else None
+        if limits is not None:
+            ax.set_ylim(*limits)
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.set_ylabel("nats per example")
@@ -387,6 +385,18 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
         ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def robust_ylim(values: list[float], upper_percentile: float = 95.0) -> tuple[float, float] | None:
+    """y limits from the smallest finite value to the ``upper_percentile``-th, padded by 5%:
+    the transient of the first epochs is left out, the rest of a curve is shown. None when
+    no value is finite."""
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return None
+    lo, hi = float(finite.min()), float(np.percentile(finite, upper_percentile))
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
 
 
 def _num(v: object) -> float:
