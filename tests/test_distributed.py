@@ -60,7 +60,10 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def _metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in ckpt.read_metrics(run)]
+    return [
+        {k: v for k, v in r.items() if k not in ("wall_time_s", "cpu_time_s")}
+        for r in ckpt.read_metrics(run)
+    ]
 
 
 @pytest.fixture(scope="module")

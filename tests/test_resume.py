@@ -71,6 +71,20 @@ def test_resume_at_an_epoch_boundary_is_bit_exact(straight, tmp_path):
     _assert_same_run(run, straight["steps44"])
 
 
+def test_training_time_continues_across_a_resume(tmp_path):
+    """metrics.jsonl's wall and CPU seconds count the whole training, not the last command:
+    a resumed run's clocks continue from the checkpoint, and each is a positive sum."""
+    run = tmp_path / "run"
+    aevb.train(_config(epochs=1), run, progress=False)
+    first = ckpt.read_metrics(run)[-1]
+    aevb.resume(run, epochs=2, progress=False)
+    second = ckpt.read_metrics(run)[-1]
+    for key in ("wall_time_s", "cpu_time_s"):
+        assert 0 < first[key] < second[key], key
+    # the CPU clock is this process's: it can exceed the wall clock only with threads
+    assert second["cpu_time_s"] <= second["wall_time_s"] * torch.get_num_threads() + 1.0
+
+
 def test_resume_by_epochs_is_bit_exact(straight, tmp_path):
     run = tmp_path / "run"
     aevb.train(_config(epochs=1), run, progress=False)

@@ -96,6 +96,7 @@ class Progress:
     stopped_early: bool = False
     wall_time_s: float = 0.0
     skipped_steps: int = 0
+    cpu_time_s: float = 0.0  # absent from states written before it: 0 (the sum restarts)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], batch_size: int, steps_per_epoch: int) -> Progress:
@@ -299,7 +300,7 @@ def _train(
 ) -> TrainResult:
     s = _setup(config, run_dir, status, dataset, resume, ctx)
     s.tracker = tracking.build_tracker(s.config, run_dir, s.prog.step, ctx.is_main)
-    t0 = time.perf_counter() - s.prog.wall_time_s
+    clock = Clock.resume(s.prog)
     bar = tqdm(
         total=s.n_steps,
         initial=s.prog.step,
@@ -311,7 +312,7 @@ def _train(
     )
     try:
         with _stop_on_signals() as stop:
-            _run(s, stop, bar, t0)
+            _run(s, stop, bar, clock)
     finally:
         bar.close()
         s.tracker.close()
@@ -319,6 +320,27 @@ def _train(
 
 
 # --- 1. set-up ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Training time continued across resumes: wall seconds, and the CPU seconds of this
+    process (all its threads; DataLoader worker processes are not counted)."""
+
+    wall0: float
+    cpu0: float
+
+    @classmethod
+    def resume(cls, prog: Progress) -> Clock:
+        return cls(time.perf_counter() - prog.wall_time_s, time.process_time() - prog.cpu_time_s)
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.wall0
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu0
+
+
 @dataclass
 class Session:
     """Everything one training command works with (built by :func:`_setup`)."""
@@ -513,14 +535,14 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
             signal.signal(s, h)
 
 
-def _run(s: Session, stop: _StopFlag, bar: tqdm, t0: float) -> None:
+def _run(s: Session, stop: _StopFlag, bar: tqdm, clock: Clock) -> None:
     prog = s.prog
     try:
         while prog.step < s.n_steps and not prog.stopped_early:
-            acc, skipped = _train_epoch(s, stop, bar, t0)
+            acc, skipped = _train_epoch(s, stop, bar, clock)
             epoch_done = prog.step - prog.epoch_start_step >= s.steps_per_epoch
             if epoch_done or prog.step >= s.n_steps:
-                _end_epoch(s, acc, skipped, epoch_done, t0)
+                _end_epoch(s, acc, skipped, epoch_done, clock)
             elif stop:  # stopped mid-epoch: count its skipped steps before saving
                 prog.skipped_steps += int(distributed.all_reduce_sum(skipped.clone()))
             if stop:
@@ -535,7 +557,7 @@ def _run(s: Session, stop: _StopFlag, bar: tqdm, t0: float) -> None:
             f"{s.last_checkpoint_step}): continue with `aevb train --resume {s.run_dir}`"
         ) from None
     if stop and prog.step < s.n_steps and not prog.stopped_early:
-        _checkpoint(s, t0, check_weights=True)
+        _checkpoint(s, clock, check_weights=True)
         raise TrainingInterrupted(
             f"interrupted at step {prog.step}; the training state is saved in {s.run_dir}: "
             f"continue with `aevb train --resume {s.run_dir}`"
@@ -543,7 +565,7 @@ def _run(s: Session, stop: _StopFlag, bar: tqdm, t0: float) -> None:
 
 
 def _train_epoch(
-    s: Session, stop: _StopFlag, bar: tqdm, t0: float
+    s: Session, stop: _StopFlag, bar: tqdm, clock: Clock
 ) -> tuple[MeanAccumulator, Tensor]:
     """Steps of the current epoch until it ends, training ends, or a stop is agreed.
 
@@ -609,7 +631,7 @@ def _train_epoch(
                 _track_steps(s.tracker, acc, logged, prog.step)
         if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
             _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
-            _checkpoint(s, t0, check_weights=True)
+            _checkpoint(s, clock, check_weights=True)
         if prog.step >= s.n_steps:
             break
         # Stop at a step boundary; several processes agree on it every log_every steps.
@@ -691,7 +713,7 @@ def _largest_weight(model: nn.Module) -> float:
 
 
 def _end_epoch(
-    s: Session, acc: MeanAccumulator, skipped: Tensor, epoch_done: bool, t0: float
+    s: Session, acc: MeanAccumulator, skipped: Tensor, epoch_done: bool, clock: Clock
 ) -> None:
     """Validate, log one metrics line, apply early stopping, checkpoint."""
     prog, tc = s.prog, s.config.train
@@ -700,7 +722,7 @@ def _end_epoch(
         prog.epoch += 1
         prog.epoch_start_step = prog.step
         prog.batch_size = s.batch_size
-    record = _log_epoch(s, acc, t0)
+    record = _log_epoch(s, acc, clock)
     valid = record.get(f"valid_{s.objective.monitor}", record["valid_neg_elbo"])
     if not math.isfinite(valid):
         raise AevbError(
@@ -715,12 +737,12 @@ def _end_epoch(
         prog.bad_epochs += 1
         if tc.patience is not None and prog.bad_epochs >= tc.patience:
             prog.stopped_early = True
-    _checkpoint(s, t0)
+    _checkpoint(s, clock)
     if epoch_done and prog.epoch in tc.snapshot_epochs:
         distributed.on_main(ckpt.save_snapshot, s.model, s.run_dir, prog.epoch)
 
 
-def _log_epoch(s: Session, acc: MeanAccumulator, t0: float) -> dict[str, Any]:
+def _log_epoch(s: Session, acc: MeanAccumulator, clock: Clock) -> dict[str, Any]:
     prog, tc, ctx = s.prog, s.config.train, s.ctx
     record: dict[str, Any] = {"epoch": prog.epoch, "step": prog.step}
     all_reduce_(acc)  # the sums (and counts) of every rank's slice: the global batch's means
@@ -744,7 +766,8 @@ def _log_epoch(s: Session, acc: MeanAccumulator, t0: float) -> dict[str, Any]:
     last = max(prog.step - 1, 0)
     record.update({name: f(last) for name, f in s.schedules.items()})  # in force at the last step
     record["skipped_steps"] = prog.skipped_steps
-    record["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    record["wall_time_s"] = round(clock.wall(), 3)
+    record["cpu_time_s"] = round(clock.cpu(), 3)
     s.model.train()
     if ctx.is_main:
         ckpt.append_metrics(s.run_dir, record)
@@ -752,7 +775,7 @@ def _log_epoch(s: Session, acc: MeanAccumulator, t0: float) -> dict[str, Any]:
     return record
 
 
-def _checkpoint(s: Session, t0: float, check_weights: bool = False) -> None:
+def _checkpoint(s: Session, clock: Clock, check_weights: bool = False) -> None:
     """Write the training state (rank 0), refusing non-finite weights; then, on a resume, the config.
 
     With ``check_weights`` (a save between validations: ``--checkpoint-every``, Ctrl-C) the
@@ -765,7 +788,7 @@ def _checkpoint(s: Session, t0: float, check_weights: bool = False) -> None:
         raise AevbError(
             _divergence_message(s, "the objective is not finite at the current weights")
         )
-    s.prog.wall_time_s = time.perf_counter() - t0
+    s.prog.wall_time_s, s.prog.cpu_time_s = clock.wall(), clock.cpu()
     try:
         distributed.on_main(
             ckpt.save_training_state,
