@@ -192,7 +192,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def commit() -> str:
@@ -341,7 +342,7 @@ def table(results: list[dict]) -> str:
             f"| `{name}` | {r['model']} | {budget} | **{r['test_neg_log_px']:.2f}** ± "
             f"{r['test_neg_log_px_se']:.2f} ({r['k']}) | {r['test_neg_elbo']:.2f} | "
             f"{r['train_subset_neg_log_px']:.2f} | {au} | {r['published']} ({r['published_ref']}) | "
-            f"{r['machine']}, `{r['commit']}`, {r['date']} |"
+            f"{r['machine'].replace(' 1 threads', ' 1 thread')}, `{r['commit']}`, {r['date']} |"
         )
     for r in legacy:  # lines of the first runner (before the curve and train-subset fields)
         same = {"burda": "vae1"}.get(r["model"])
@@ -393,22 +394,21 @@ def plot(results: list[dict], path: Path) -> Path:
                 marker="o",
                 label=f"{name} test −log p(x), K = {pts[0]['k']}",
             )[0]
-            try:
-                right.axhline(float(r["published"].split()[0]), ls=":", color=line.get_color())
-            except ValueError:
-                pass
+            published = r["published"].split()[0]
+            if "ELBO" not in r["published"] and published.replace(".", "").isdigit():
+                right.axhline(float(published), ls=":", color=line.get_color())
     left.set_xlabel("epoch")
     left.set_ylabel("nats")
     left.set_title("validation −ELBO per epoch")
     right.set_xlabel("training hours (wall, this machine)")
     right.set_ylabel("nats")
-    right.set_title("test −log p(x) of the snapshots (dotted: published)")
-    for ax in (left, right):
+    right.set_title("test −log p(x) of the snapshots (dotted: published −log p(x))")
+    for ax, span in ((left, 15), (right, 10)):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ys = [min(ln.get_ydata()) for ln in ax.get_lines() if len(ln.get_ydata())]
         lo = min(ys, default=80.0)
-        ax.set_ylim(lo - 1, lo + 25)
+        ax.set_ylim(lo - 1, lo + span)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
