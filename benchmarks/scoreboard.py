@@ -325,6 +325,10 @@ def table(results: list[dict]) -> str:
     for r in results:
         if "row" in r and not r.get("check"):
             latest[r["row"]] = r  # the newest line of each row
+    order = list(ROWS)
+    latest = dict(
+        sorted(latest.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    )
     lines = [
         "| row | model | schedule and budget | test −log p(x) ± SE (K) | test −ELBO | "
         "train-subset −log p(x) | active units | published | machine, commit |",
