@@ -39,6 +39,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_name  # noqa: E402  (benchmarks/_machine.py)
+
 
 def start_server(run: Path, threads: int) -> tuple[subprocess.Popen, str, int]:
     """``aevb serve RUN --port 0``; returns (process, host, port) once it is listening."""
@@ -155,14 +158,7 @@ def warm_up(host: str, port: int, info: dict, n: int = 100) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

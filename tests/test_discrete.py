@@ -304,7 +304,7 @@ def test_quantizer_state_dict_round_trip_resumes_bit_exactly():
         torch.save(vq.state_dict(), buffer)
         buffer.seek(0)
         resumed = VectorQuantizer(num_codes=16, dim=6, restart_after=2, ema=ema).double()
-        resumed.load_state_dict(torch.load(buffer))
+        resumed.load_state_dict(torch.load(buffer, weights_only=True))
         rng = torch.get_rng_state()
         ours = [vq(z) for z in batches[3:]]
         torch.set_rng_state(rng)
@@ -382,7 +382,7 @@ def test_two_processes_equal_one_process():
         p.join(timeout=30)
     for r in range(2):
         assert isinstance(results[r], bytes), results[r]
-        results[r] = torch.load(io.BytesIO(results[r]))
+        results[r] = torch.load(io.BytesIO(results[r]), weights_only=True)
     single = _train_quantizers(0, 1)
     assert single["ema=True.restarts"] > 0 and single["ema=False.restarts"] > 0
     for key, value in single.items():
