@@ -38,10 +38,12 @@ from .distributions import (
     log_discretized_logistic_mixture,
     log_discretized_logistic_mixture_pixels,
     log_normal_sigma,
+    sum_softplus_,
     mean_discretized_logistic_mixture,
     sample_discretized_logistic_mixture,
 )
 from .errors import ConfigError, DataError
+from .workspace import Workspace, linear_into, slices
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
@@ -220,13 +222,21 @@ class Bernoulli(Likelihood):
         if not bool(((xf == 0) | (xf == 1)).all()):
             return None
         sign = 1 - 2 * xf  # [B, D]: -1 where x = 1, +1 where x = 0
+        workspace = Workspace()  # the logits' buffers, reused by every call
 
         def log_prob(h: Tensor) -> Tensor:
-            logits = F.linear(h, weight, bias)  # [..., B, D]
-            if torch.is_grad_enabled() and logits.requires_grad:
-                return -F.softplus(logits * sign).sum(-1)
-            logits.mul_(sign)  # in place: the logits are this function's own tensor
-            return -torch.ops.aten.softplus.out(logits, 1, 20, out=logits).sum(-1)
+            if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+                return -F.softplus(F.linear(h, weight, bias) * sign).sum(-1)
+            logits = linear_into(workspace, "logits", h, weight, bias)  # [..., B, D]
+            logits.mul_(sign)
+            if logits.device.type != "cpu":
+                return -torch.ops.aten.softplus.out(logits, 1, 20, out=logits).sum(-1)
+            # sigmoid's fast exp, not softplus's log1p(exp); per sample, so that the numbers do
+            # not depend on the samples per chunk (see workspace.slices)
+            parts = slices(logits)  # [B, D] each
+            work = workspace.empty("relu", parts[0].shape, logits)
+            sums = [sum_softplus_(t, work=work) for t in parts]  # [B] each
+            return -(torch.stack(sums) if logits.dim() >= 3 else sums[0])
 
         return log_prob
 
