@@ -137,6 +137,8 @@ def test_bit_identical_whatever_the_chunk_size_when_threads_split_the_work():
         x = torch.nn.functional.interpolate(x, size=(28, 28)).round()
         ref = importance_weighted(model, x, 70, chunk_size=1 << 20)["log_px_iw"]
         for chunk in (48, 48 * 3, 48 * 64 + 5):
-            assert torch.equal(importance_weighted(model, x, 70, chunk_size=chunk)["log_px_iw"], ref)
+            assert torch.equal(
+                importance_weighted(model, x, 70, chunk_size=chunk)["log_px_iw"], ref
+            )
     finally:
         torch.set_num_threads(threads)

@@ -38,9 +38,9 @@ from .distributions import (
     log_discretized_logistic_mixture,
     log_discretized_logistic_mixture_pixels,
     log_normal_sigma,
-    sum_softplus_,
     mean_discretized_logistic_mixture,
     sample_discretized_logistic_mixture,
+    sum_softplus_,
 )
 from .errors import ConfigError, DataError
 from .workspace import Workspace, linear_into, slices

@@ -77,4 +77,3 @@ def each_slice_(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
     for part in slices(t):
         fn(part)
     return t
-
