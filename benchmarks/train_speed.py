@@ -10,9 +10,10 @@ Bernoulli MLP VAE (ReLU, Adam, lr 1e-3) at batch 128 on 784-dimensional binary d
     DataLoader over a TensorDataset (shuffle=True), the model as fc1/fc21/fc22/fc3/fc4
     with a sigmoid then ``binary_cross_entropy``, ``loss.item()`` accumulated every step —
     timed over the same number of steps from a fresh epoch;
-  * the dense-matmul peak: ``torch.mm`` alone on exactly the matrix products of one
+  * the dense-matmul bound: ``torch.mm`` alone on exactly the matrix products of one
     training step (forward, input gradients and weight gradients of every layer), back
-    to back; also one large square product for the machine's best case.
+    to back into preallocated outputs, timed as one more side of the same ABBA rounds
+    by the same step clock; also one large square product for the machine's best case.
 
 FLOP counting: a Linear layer (in a, out b) costs 2*n*a*b for its forward product at
 batch n; backward costs twice that (input gradient and weight gradient), so a step is
@@ -22,13 +23,14 @@ and the unneeded input gradient of the first layer, ignored). The fraction of pe
 (examples/s / 128) * FLOPs per step / peak.
 
 Timing: one optimizer-step hook (``register_optimizer_step_post_hook``, the same for both
-loops) stamps the end of every step; after ``--warmup`` steps, ``--steps`` steps are timed,
-so one-off costs (building the model, the final validation and checkpoint of
-``aevb.train``) fall outside the window. Each side is timed ``--repeats`` times,
-interleaved in ABBA order; the table gives medians over repeats of examples per second
-of wall time and per CPU-second of this process (all its threads). On a machine shared
-with other work the wall-clock rates swing with the other load; the CPU-time rates
-measure the work each loop does and stay put.
+loops and the bound) stamps the end of every step; after ``--warmup`` steps, ``--steps``
+steps are timed, so one-off costs (building the model, the final validation and
+checkpoint of ``aevb.train``) fall outside the window. Each side is timed ``--repeats``
+times, interleaved in ABBA order. Rates are medians over repeats, per wall second and per
+CPU-second of this process (all its threads); speed-ups and the fraction of the bound are
+medians over repeats of the ratio of two sides timed in the same round: this machine's
+speed drifts by +-20% within minutes, which ratios of neighbours cancel and separately
+taken medians (or a best-of-n bound against a median rate) do not.
 
 Usage:
     python benchmarks/train_speed.py                  # CPU, all threads torch uses
@@ -59,6 +61,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import aevb
 from aevb import Dataset, DatasetInfo, RunConfig
 
+BOUND = "torch.mm alone at the step's shapes (bound)"
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/binarized_mnist"
 D = 784
 ARCHS = {
@@ -155,7 +158,13 @@ def run_reference(x: torch.Tensor, n_steps: int, batch: int, device: torch.devic
 
 # --- aevb ------------------------------------------------------------------------------
 def run_aevb(
-    dataset: Dataset, n_steps: int, batch: int, device: torch.device, arch: str, k: int
+    dataset: Dataset,
+    n_steps: int,
+    batch: int,
+    device: torch.device,
+    arch: str,
+    k: int,
+    compile: bool = False,
 ) -> None:
     """``aevb.train`` for ``n_steps`` steps into a throwaway run directory (IWAE when k > 1)."""
     hidden, latent, activation = ARCHS[arch]
@@ -170,6 +179,7 @@ def run_aevb(
         steps=n_steps,
         figures=False,
         device=device.type,
+        compile=compile,
         **objective,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,6 +246,31 @@ def forward_flops(arch: str, batch: int, k: int) -> int:
     return sum(2 * batch * a * b for a, b in enc) + sum(2 * batch * k * a * b for a, b in dec)
 
 
+def mm_steps(shapes: list[tuple[int, int, int]], device: torch.device):
+    """The matmul bound as a side of the benchmark: ``run(n)`` does ``n`` "steps" of
+    ``torch.mm`` alone over the step's products (into preallocated outputs), each stamped
+    through the optimizer-step hooks like a training step, so that it is timed in the same
+    ABBA rounds, by the same clock, as the training loops."""
+    mats = [
+        (
+            torch.randn(m, k, device=device),
+            torch.randn(k, n, device=device),
+            torch.empty(m, n, device=device),
+        )
+        for m, k, n in shapes
+    ]
+    param = torch.zeros(1, device=device, requires_grad=True)
+    stamp = torch.optim.SGD([param], lr=0.0)  # its step() runs the step hooks
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            for a, b, out in mats:
+                torch.mm(a, b, out=out)
+            stamp.step()
+
+    return run
+
+
 def mm_rate(
     shapes: list[tuple[int, int, int]], device: torch.device, reps: int
 ) -> tuple[float, float]:
@@ -276,6 +311,11 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=50_000, help="training examples used")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="aevb train --compile true (compiled in the warm-up steps, outside the window)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
     if args.threads:
@@ -289,9 +329,11 @@ def main() -> None:
 
     info = DatasetInfo("binarized-mnist", (D,), (0.0, 1.0), False, "bernoulli", source)
     dataset = Dataset(info, {"train": x, "valid": x[:500], "test": x[:500]})
-    sides = {"aevb": lambda n: run_aevb(dataset, n, batch, device, args.arch, args.k)}
+    sides = {"aevb": lambda n: run_aevb(dataset, n, batch, device, args.arch, args.k, args.compile)}
     if args.arch == "pytorch-example" and args.k == 1:  # the reference trains only this one
         sides["reference"] = lambda n: run_reference(x, n, batch, device)
+    shapes = step_matmuls(args.arch, batch, args.k)
+    sides[BOUND] = mm_steps(shapes, device)
     for run in sides.values():
         run(5)  # warm-up: lazy initialisation, allocator, thread pool
     rates: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
@@ -299,6 +341,13 @@ def main() -> None:
         order = list(sides) if i % 2 == 0 else list(reversed(sides))  # ABBA: cancels drift
         for name in order:
             rates[name].append(timed(sides[name], args.warmup, args.steps, batch, device))
+    bound_rates = rates.pop(BOUND)
+    del sides[BOUND]
+
+    def paired(kind: str, other: list[dict[str, float]]) -> float:
+        """Median over rounds of aevb's rate / the other side's in the same round."""
+        mine = rates["aevb"]
+        return statistics.median(a[kind] / b[kind] for a, b in zip(mine, other, strict=True))
 
     def med(name: str, kind: str) -> float:
         return statistics.median(r[kind] for r in rates[name])
@@ -315,8 +364,8 @@ def main() -> None:
         ref_med = ref_step_med = ref_cpu = float("nan")
 
     step_flops = 3 * forward_flops(args.arch, batch, args.k)
-    shapes = step_matmuls(args.arch, batch, args.k)
-    peak_at_shapes, peak_at_shapes_cpu = mm_rate(shapes, device, reps=20)
+    peak_at_shapes = statistics.median(r["window"] for r in bound_rates) / batch * step_flops
+    peak_at_shapes_cpu = statistics.median(r["cpu"] for r in bound_rates) / batch * step_flops
     peak_square, _ = mm_rate([(2048, 2048, 2048)], device, reps=3)
     aevb_flops = aevb_med / batch * step_flops
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -335,24 +384,27 @@ def main() -> None:
         "repeats": args.repeats,
         "aevb_examples_per_s": aevb_med,
         "reference_examples_per_s": ref_med,
-        "speedup": aevb_med / ref_med,
+        "speedup": paired("window", rates["reference"]) if has_ref else float("nan"),
         "aevb_examples_per_s_all": [r["window"] for r in rates["aevb"]],
         "reference_examples_per_s_all": [r["window"] for r in rates.get("reference", [])],
         "aevb_examples_per_s_median_step": aevb_step_med,
         "reference_examples_per_s_median_step": ref_step_med,
-        "speedup_median_step": aevb_step_med / ref_step_med,
+        "speedup_median_step": paired("median_step", rates["reference"])
+        if has_ref
+        else float("nan"),
         "aevb_examples_per_cpu_s": aevb_cpu,
         "reference_examples_per_cpu_s": ref_cpu,
-        "speedup_cpu_time": aevb_cpu / ref_cpu,
+        "speedup_cpu_time": paired("cpu", rates["reference"]) if has_ref else float("nan"),
         "flops_per_step": step_flops,
         "aevb_gflops": aevb_flops / 1e9,
         "reference_gflops": ref_med / batch * step_flops / 1e9,
         "matmul_peak_at_model_shapes_gflops": peak_at_shapes / 1e9,
         "matmul_peak_square_2048_gflops": peak_square / 1e9,
-        "fraction_of_matmul_peak": aevb_flops / peak_at_shapes,
+        "fraction_of_matmul_peak": paired("window", bound_rates),
+        "fraction_of_matmul_peak_medians": aevb_flops / peak_at_shapes,
         "fraction_of_square_peak": aevb_flops / peak_square,
         "matmul_at_model_shapes_gflops_per_cpu_s": peak_at_shapes_cpu / 1e9,
-        "fraction_of_matmul_peak_cpu_time": aevb_cpu / batch * step_flops / peak_at_shapes_cpu,
+        "fraction_of_matmul_peak_cpu_time": paired("cpu", bound_rates),
         "load_average": [round(v, 2) for v in load_before],
         "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "command": "python " + " ".join(sys.argv),

@@ -69,10 +69,10 @@ def test_tanh_in_place_is_tanh():
 
 def test_linear_into_equals_linear_and_reuses_its_buffer():
     ws = Workspace()
-    w, b = torch.randn(7, 5), torch.randn(7)
+    w, b = torch.randn(13, 5), torch.randn(13)
     h = torch.randn(3, 4, 5)
     out = linear_into(ws, "a", h, w, b)
-    assert out.shape == (3, 4, 7)
+    assert out.shape == (3, 4, 13)
     assert torch.equal(out, F.linear(h, w, b))
     ptr = out.data_ptr()
     smaller = linear_into(ws, "a", h[:2], w, None)  # the last, shorter chunk: same buffer
@@ -80,3 +80,40 @@ def test_linear_into_equals_linear_and_reuses_its_buffer():
     assert torch.equal(smaller, F.linear(h[:2], w))
     assert linear_into(ws, "a", torch.randn(5, 4, 5), w, b).data_ptr() != ptr  # grows
     assert ws.empty("b", (2,), like=torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("outputs", [1, 5, 10, 12, 30])
+def test_a_samples_matmul_does_not_depend_on_the_chunk_it_is_in(outputs, dtype):
+    """MKL's kernels depend on the number of rows (float64) and on the rows' alignment
+    (float32, < 12 outputs): aevb's layers without autograd compute each sample of
+    ``[S, B, F]`` alone, so that sample k's numbers are the same in any chunk."""
+    from aevb.models.networks import Linear
+
+    torch.manual_seed(outputs)
+    layer = Linear(7, outputs).to(dtype)
+    buf = torch.randn(10 * 45 * 7 + 1, dtype=dtype)
+    x = buf[1:].view(10, 45, 7)  # samples at 4-byte offsets from any alignment
+    with torch.no_grad():
+        whole = layer(x)
+        whole_ws = linear_into(Workspace(), 0, x, layer.weight, layer.bias)
+        torch.testing.assert_close(whole, F.linear(x, layer.weight, layer.bias))
+        for k0, k1 in ((0, 1), (3, 4), (2, 9), (9, 10)):
+            assert torch.equal(layer(x[k0:k1]), whole[k0:k1])
+            part = linear_into(Workspace(), 0, x[k0:k1], layer.weight, layer.bias)
+            assert torch.equal(part, whole_ws[k0:k1])
+        assert torch.equal(whole_ws, whole)
+
+
+def test_tanh_module_is_tanh_with_tanhs_gradient():
+    from aevb.models.networks import Tanh
+
+    x = torch.linspace(-9, 9, 1001, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(Tanh(), (x[::50].detach().requires_grad_(),))
+    y = Tanh()(x)
+    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-15)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, 1 - torch.tanh(x).pow(2), rtol=0, atol=1e-14)
+    x32 = x.detach().float()
+    assert (Tanh()(x32).double() - torch.tanh(x32.double())).abs().max() < 2e-7
+    assert torch.equal(Tanh()(x32), tanh_(x32.clone()))  # the evaluator's numbers

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .workspace import slices
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -170,13 +172,19 @@ def sum_softplus_(t: Tensor, work: Tensor | None = None) -> Tensor:
     in docs/benchmarks.md). Accuracy: within ~1e-7 nats per term of the exact value;
     where ``|t| > 17`` the float32 sigmoid rounds to 1, dropping ``e^-|t| < 4e-8``.
 
+    ``[S, B, D]`` is summed one ``[B, D]`` slice at a time, so that a sample's numbers do
+    not depend on S (see :func:`aevb.workspace.slices`).
+
     Args:
         t: ``[..., D]`` real numbers (its storage is reused).
-        work: optional ``[..., D]`` buffer for ``relu(t)`` (else a fresh tensor).
+        work: optional buffer for ``relu(t)``, of ``t``'s shape or, for ``[S, B, D]``, of one
+            slice's ``[B, D]`` (else a fresh tensor).
 
     Returns:
         ``[...]`` the sums.
     """
+    if t.dim() >= 3:
+        return torch.stack([sum_softplus_(part, work) for part in slices(t)])
     relu_sum = torch.clamp_min(t, 0, out=work).sum(-1)
     g = t.abs_().sigmoid_()  # [..., D], in [1/2, 1)
     n, factors = g.shape[-1], 1

@@ -231,12 +231,9 @@ class Bernoulli(Likelihood):
             logits.mul_(sign)
             if logits.device.type != "cpu":
                 return -torch.ops.aten.softplus.out(logits, 1, 20, out=logits).sum(-1)
-            # sigmoid's fast exp, not softplus's log1p(exp); per sample, so that the numbers do
-            # not depend on the samples per chunk (see workspace.slices)
-            parts = slices(logits)  # [B, D] each
-            work = workspace.empty("relu", parts[0].shape, logits)
-            sums = [sum_softplus_(t, work=work) for t in parts]  # [B] each
-            return -(torch.stack(sums) if logits.dim() >= 3 else sums[0])
+            # sigmoid's fast exp, not softplus's log1p(exp)
+            work = workspace.empty("relu", slices(logits)[0].shape, logits)  # [B, D]
+            return -sum_softplus_(logits, work=work)
 
         return log_prob
 

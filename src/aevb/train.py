@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed, rundir, tracking
+from . import distributed, fused_adam, rundir, tracking
 from .accumulate import MeanAccumulator, all_reduce_
 from .config import DataConfig, RunConfig
 from .data import (
@@ -659,13 +659,9 @@ def _track_steps(
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, bad: Tensor) -> None:
     """Adam's step, skipped when ``bad`` (no host sync with the fused kernels)."""
-    if optimizer.defaults.get("fused"):
-        # The fused kernel skips the update (and the step count) where found_inf is set,
-        # as it does for GradScaler.
-        optimizer.found_inf = bad.to(torch.float32)  # type: ignore[attr-defined]
-        optimizer.step()
-    elif not bool(bad):
-        optimizer.step()
+    # The fused kernel skips the update (and the step count) where found_inf is set, as it
+    # does for GradScaler; called directly, without torch.optim's per-step Python.
+    fused_adam.step(optimizer, bad.to(torch.float32))
 
 
 def _check_divergence(s: Session, run_of_bad: Tensor, skipped: Tensor, taken: int) -> None:

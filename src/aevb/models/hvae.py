@@ -26,14 +26,21 @@ from ..config import ModelConfig
 from ..distributions import LOG_2PI
 from ..latents import LatentGroup, LatentSpace, NoiseSpec, Posterior, Prior
 from ..likelihoods import likelihood_from_config
+from ..workspace import per_sample
 from .base import LatentVariableModel
 from .networks import build_networks, decoder_log_likelihood, mlp
 from .registry import register_model
 
 
+def _exp(t: Tensor) -> Tensor:
+    """``exp`` per sample of ``[S, B, D]`` samples: the numbers of a sample do not depend on
+    how many are computed at once (see :func:`aevb.workspace.slices`)."""
+    return per_sample(torch.exp, t)
+
+
 def _log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mu, diag exp(logvar)) summed over the last dim: ``[..., D]`` -> ``[...]``."""
-    return (-0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))).sum(-1)
+    return (-0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * _exp(-logvar))).sum(-1)
 
 
 def _log_normal_eps(eps: Tensor, logvar: Tensor) -> Tensor:
@@ -77,7 +84,7 @@ class HierarchicalPosterior(Posterior):
         eps1, eps2 = self._split(eps)
         z1 = self.mu1 + torch.exp(0.5 * self.logvar1) * eps1
         mu2, logvar2 = self.layer2(z1)
-        z2 = mu2 + torch.exp(0.5 * logvar2) * eps2
+        z2 = mu2 + _exp(0.5 * logvar2) * eps2
         log_q = torch.stack(
             [_log_normal_eps(eps1, self.logvar1), _log_normal_eps(eps2, logvar2)], -1
         )

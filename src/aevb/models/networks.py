@@ -23,20 +23,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
-from ..workspace import Workspace, each_slice_, linear_into
+from ..workspace import Workspace, each_slice_, linear_into, linear_per_sample
 
 if TYPE_CHECKING:
     from ..likelihoods import Likelihood
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "softplus": nn.Softplus,
-}
 
 
 def tanh_(x: Tensor) -> Tensor:
@@ -44,11 +37,51 @@ def tanh_(x: Tensor) -> Tensor:
 
     On a CPU, PyTorch's tanh is a 1-ulp transcendental ~4x slower than its sigmoid (a fast
     vectorised exp); through the sigmoid, tanh is within 2e-7 of the exact value (the
-    1-ulp tanh: 3e-8). Elsewhere ``torch.tanh_``.
+    1-ulp tanh: 3e-8). The sigmoid runs per sample of ``[S, B, ...]`` samples, so that a
+    sample's numbers do not depend on S (see :func:`aevb.workspace.slices`; the scalings
+    are exact). Elsewhere ``torch.tanh_``.
     """
     if x.device.type != "cpu":
         return x.tanh_()
-    return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+    each_slice_(torch.sigmoid_, x.mul_(2.0))
+    return x.mul_(2.0).sub_(1.0)
+
+
+class _TanhThroughSigmoid(torch.autograd.Function):
+    """tanh forward as ``2 sigmoid(2x) - 1`` (:func:`tanh_`), backward as tanh's own."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        y = tanh_(x.clone())
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2)
+
+
+class Tanh(nn.Tanh):
+    """``nn.Tanh``, computed on a CPU through the sigmoid (:func:`tanh_`): the training step's
+    tanh layers cost a third as much (measured in docs/benchmarks.md, "Training step")."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu":
+            return torch.tanh(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _TanhThroughSigmoid.apply(x)
+        return tanh_(x.clone())
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+}
 
 
 # Activations with an in-place form (used without autograd): the same function, computed
@@ -56,14 +89,30 @@ def tanh_(x: Tensor) -> Tensor:
 IN_PLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
     nn.ReLU: torch.relu_,
     nn.Tanh: tanh_,
+    Tanh: tanh_,
 }
+
+
+class Linear(nn.Linear):
+    """``nn.Linear``; without autograd, ``[S, B, F]`` samples one matmul per sample.
+
+    So that a sample's numbers do not depend on how many samples a chunk holds (see
+    :mod:`aevb.workspace`). The parameters and the state dict are ``nn.Linear``'s.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or (
+            torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        ):
+            return super().forward(x)
+        return linear_per_sample(x, self.weight, self.bias)
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
+        layers.append(Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
@@ -128,10 +177,10 @@ class MLPDecoder(nn.Module):
             torch.is_grad_enabled() and (z.requires_grad or self.head.weight.requires_grad)
         )
         for i, layer in enumerate(self.net[:-1]):
-            if in_place and workspace is not None and type(layer) is nn.Linear:
+            if in_place and workspace is not None and isinstance(layer, nn.Linear):
                 h = linear_into(workspace, i, h, layer.weight, layer.bias)
             elif in_place and type(layer) in IN_PLACE:
-                h = each_slice_(IN_PLACE[type(layer)], h)  # per sample: see workspace.slices
+                h = IN_PLACE[type(layer)](h)
             else:
                 h = layer(h)
         return h
