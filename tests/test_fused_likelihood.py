@@ -153,3 +153,29 @@ def test_bit_identical_whatever_the_chunk_size_with_vector_tails_and_threads(arc
                 assert torch.equal(r[key], ref[key]), (chunk, key)
     finally:
         torch.set_num_threads(threads)
+
+
+VARIANTS = {  # the models and likelihoods beyond the fused Bernoulli MLP path
+    "vamp": dict(hidden=(30,), latent_dim=5, activation="tanh", prior="vamp", pseudo_inputs=7),
+    "conv": dict(arch="conv", hidden=(4, 8), latent_dim=5, activation="tanh"),
+    "gaussian-decoded": dict(hidden=(30,), latent_dim=5, likelihood="gaussian-decoded"),
+    "gaussian-pixel": dict(hidden=(30,), latent_dim=5, likelihood="gaussian-pixel"),
+    "gumbel": dict(model="gumbel", hidden=(30,), variables=3, categories=5),
+    "float64": dict(hidden=(30, 20), latent_dim=5, activation="tanh", dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_is_bit_identical_whatever_the_chunk_size(name):
+    kw = dict(VARIANTS[name])
+    dtype = kw.pop("dtype", torch.float32)
+    torch.manual_seed(0)
+    base = dict(input_shape=(1, 9, 9), likelihood="bernoulli")
+    model = make_model(dtype, **{**base, **kw}).eval()
+    x = _data(45, binary=True, dtype=dtype)
+    x = torch.nn.functional.interpolate(x, size=(9, 9)).round()
+    ref = importance_weighted(model, x, 70, chunk_size=1 << 20)
+    for chunk in (45, 45 * 3, 45 * 64 + 5):
+        r = importance_weighted(model, x, 70, chunk_size=chunk)
+        for key in ("log_px_iw", "distortion", "rate"):
+            assert torch.equal(r[key], ref[key]), (chunk, key)

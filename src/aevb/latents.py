@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .distributions import LOG_2PI, gaussian_kl_diag_per_dim, gaussian_kl_per_dim
+from .workspace import per_sample
 
 # --- what z is --------------------------------------------------------------------------
 KINDS = ("continuous", "categorical", "codes")
@@ -403,6 +404,11 @@ class GaussianMixture(Prior):
         self.mu, self.logvar = mu, logvar
 
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
+        # [S, B, D] samples one at a time, so that a sample's numbers do not depend on S
+        log_p = per_sample(self._log_prob, z)
+        return log_p.unsqueeze(-1) if groups else log_p
+
+    def _log_prob(self, z: Tensor) -> Tensor:
         lead, d = z.shape[:-1], z.shape[-1]
         zz = z.reshape(-1, d).double()
         inv_var = torch.exp(-self.logvar.double())  # [K, D]
@@ -411,8 +417,7 @@ class GaussianMixture(Prior):
         quad = zz.pow(2) @ inv_var.T - 2 * zz @ (mu * inv_var).T + (mu.pow(2) * inv_var).sum(-1)
         log_comp = -0.5 * (d * LOG_2PI + self.logvar.double().sum(-1) + quad)  # [N, K]
         log_p = torch.logsumexp(log_comp, dim=-1) - math.log(self.mu.shape[0])
-        log_p = log_p.to(z.dtype).reshape(lead)
-        return log_p.unsqueeze(-1) if groups else log_p
+        return log_p.to(z.dtype).reshape(lead)
 
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None

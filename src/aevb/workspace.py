@@ -157,8 +157,15 @@ def each_slice_(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
 
 
 def per_sample(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
-    """``fn`` (elementwise, out of place) on each of :func:`slices` of ``t``, stacked: the
-    same numbers as ``fn(t)`` up to the last bits, and the same whatever S."""
+    """``fn`` on each sample ``[B, ...]`` of ``t`` ``[S, B, ...]`` (64-byte aligned: a copy where
+    the sample's rows are not), results stacked ``[S, ...]``: the same numbers as ``fn(t)``
+    up to the last bits, and the same whatever S, for any ``fn`` that treats its rows
+    independently (matmuls and transcendentals included). ``fn(t)`` when ``t`` has < 3 dims."""
     if t.dim() < 3:
         return fn(t)
-    return torch.stack([fn(part) for part in slices(t)])
+    return torch.stack(
+        [
+            fn(part if _aligned(part) else part.clone(memory_format=torch.contiguous_format))
+            for part in slices(t)
+        ]
+    )

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
-from ..workspace import Workspace, each_slice_, linear_into, linear_per_sample
+from ..workspace import Workspace, each_slice_, linear_into, linear_per_sample, per_sample
 
 if TYPE_CHECKING:
     from ..likelihoods import Likelihood
@@ -403,7 +403,8 @@ def decoder_log_likelihood(
         if fused is not None:
             workspace = Workspace()  # the hidden layers' buffers, reused by every call
             return lambda z: fused(decoder.features(z, workspace))
-    return lambda z: likelihood.log_prob(x, decoder(z))
+    # any decoder and likelihood, one sample at a time: see aevb.workspace
+    return lambda z: per_sample(lambda zk: likelihood.log_prob(x, decoder(zk)), z)
 
 
 def build_networks(
