@@ -9,7 +9,8 @@ Two whole processes, timed side by side from spawn to exit (ABBA order over
 
 Then one more ``aevb train``, instrumented from inside (the same command), splits its
 wall time into: start-up and imports (Python, torch, ``torch._dynamo``, which
-``torch.optim`` imports at its first step in torch 2.13 and is imported up front here so
+``torch.optim`` imports when an optimizer is built in torch 2.13 (``add_param_group`` is
+wrapped in ``torch._disable_dynamo``) and is imported up front here so
 that it is not counted as a step, aevb), data (verify, parse or read the cache), model and
 optimizer, the training steps (from the start of each epoch's loop to its last optimizer
 step: batches, noise, forward, backward, Adam), validation, checkpoints and logs, the
@@ -96,7 +97,7 @@ def child(out_path: str, argv: list[str]) -> None:
     import torch
 
     t = mark("import torch", t)
-    import torch._dynamo  # noqa: F401  (torch.optim's first step imports it)
+    import torch._dynamo  # noqa: F401  (building a torch.optim optimizer imports it)
 
     t = mark("import torch._dynamo (torch.optim imports it)", t)
     import importlib

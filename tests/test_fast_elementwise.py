@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from aevb.distributions import sum_softplus_
 from aevb.models.networks import tanh_
-from aevb.workspace import Workspace, linear_into
+from aevb.workspace import Workspace, group_size, linear_into
 
 
 def softplus(t: torch.Tensor) -> torch.Tensor:
@@ -84,25 +84,31 @@ def test_linear_into_equals_linear_and_reuses_its_buffer():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("outputs", [1, 5, 10, 12, 30])
-def test_a_samples_matmul_does_not_depend_on_the_chunk_it_is_in(outputs, dtype):
+def test_a_groups_matmul_does_not_depend_on_the_chunk_it_is_in(outputs, dtype):
     """MKL's kernels depend on the number of rows (float64) and on the rows' alignment
-    (float32, < 12 outputs): aevb's layers without autograd compute each sample of
-    ``[S, B, F]`` alone, so that sample k's numbers are the same in any chunk."""
+    (float32, < 12 outputs): aevb's layers without autograd compute ``[S, B, F]`` group by
+    group of samples, so that a group's numbers are the same in any chunk of whole groups."""
     from aevb.models.networks import Linear
 
     torch.manual_seed(outputs)
     layer = Linear(7, outputs).to(dtype)
-    buf = torch.randn(10 * 45 * 7 + 1, dtype=dtype)
-    x = buf[1:].view(10, 45, 7)  # samples at 4-byte offsets from any alignment
+    g = group_size(45)
+    assert g * 45 % 16 == 0 and g * 45 >= 128
+    x = torch.randn(3 * g + 1, 45, 7, dtype=dtype)[1:]  # rows 4 or 8 bytes off alignment
     with torch.no_grad():
         whole = layer(x)
         whole_ws = linear_into(Workspace(), 0, x, layer.weight, layer.bias)
         torch.testing.assert_close(whole, F.linear(x, layer.weight, layer.bias))
-        for k0, k1 in ((0, 1), (3, 4), (2, 9), (9, 10)):
+        assert torch.equal(whole_ws, whole)
+        for k0, k1 in ((0, g), (g, 2 * g), (g, 3 * g), (2 * g, 3 * g)):
             assert torch.equal(layer(x[k0:k1]), whole[k0:k1])
             part = linear_into(Workspace(), 0, x[k0:k1], layer.weight, layer.bias)
             assert torch.equal(part, whole_ws[k0:k1])
-        assert torch.equal(whole_ws, whole)
+
+
+@pytest.mark.parametrize("batch, g", [(1, 128), (10, 16), (45, 16), (128, 1), (500, 4)])
+def test_group_size(batch, g):
+    assert group_size(batch) == g
 
 
 def test_tanh_module_is_tanh_with_tanhs_gradient():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .workspace import slices
+from .workspace import groups
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -172,20 +172,24 @@ def sum_softplus_(t: Tensor, work: Tensor | None = None) -> Tensor:
     in docs/benchmarks.md). Accuracy: within ~1e-7 nats per term of the exact value;
     where ``|t| > 17`` the float32 sigmoid rounds to 1, dropping ``e^-|t| < 4e-8``.
 
-    ``[S, B, D]`` is summed one ``[B, D]`` slice at a time, so that a sample's numbers do
-    not depend on S (see :func:`aevb.workspace.slices`).
+    ``[S, B, D]`` samples are summed group by group, so that a sample's numbers do not
+    depend on S (see :mod:`aevb.workspace`).
 
     Args:
         t: ``[..., D]`` real numbers (its storage is reused).
-        work: optional buffer for ``relu(t)``, of ``t``'s shape or, for ``[S, B, D]``, of one
-            slice's ``[B, D]`` (else a fresh tensor).
+        work: optional buffer for ``relu(t)``, with at least as many elements as ``t`` or,
+            for ``[S, B, D]``, as one group (else a fresh tensor).
 
     Returns:
         ``[...]`` the sums.
     """
-    if t.dim() >= 3:
-        return torch.stack([sum_softplus_(part, work) for part in slices(t)])
-    relu_sum = torch.clamp_min(t, 0, out=work).sum(-1)
+    if t.dim() == 3:
+        d = t.shape[-1]
+        return torch.cat(
+            [sum_softplus_(g.reshape(-1, d), work).view(g.shape[:-1]) for g in groups(t)]
+        )
+    w = None if work is None else work.view(-1)[: t.numel()].view(t.shape)
+    relu_sum = torch.clamp_min(t, 0, out=w).sum(-1)
     g = t.abs_().sigmoid_()  # [..., D], in [1/2, 1)
     n, factors = g.shape[-1], 1
     while n % 2 == 0 and factors < _SOFTPLUS_PRODUCT_FACTORS:

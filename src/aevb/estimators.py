@@ -15,10 +15,13 @@
 
 Everything is written against the model interface (:mod:`aevb.models.base`), so it holds
 for every model. Batched over examples and chunked over samples: at most ``chunk_size``
-(example, sample) pairs go through the decoder at once, so memory is bounded whatever K.
-The noise of sample k of a batch depends only on (seed, k), and the samples are reduced in
-fixed blocks whatever the chunks (:class:`SampleReducer`), so results are bit-identical
-for every chunk size. The likelihood is prepared once per batch
+(example, sample) pairs go through the decoder at once (or one group of
+:func:`aevb.workspace.group_size` samples, 128 to 16 B pairs, if that is more), so memory
+is bounded whatever K. The noise of sample k of a batch depends only on (seed, k); chunks
+are whole groups of samples, each computed by the same calls whatever the chunk
+(:mod:`aevb.workspace`: matmuls and transcendentals group by group); and the samples are
+reduced in fixed blocks whatever the chunks (:class:`SampleReducer`), so results are
+bit-identical for every chunk size. The likelihood is prepared once per batch
 (``model.log_likelihood_fn``: the per-example work done once, the decoder's last layer
 fused with the likelihood where the model offers it). A deterministic posterior (a point mass) needs one sample, whatever K.
 Per-example tensors are ``[B]`` in nats.
@@ -34,6 +37,7 @@ from torch import Tensor
 from .latents import NoiseSpec
 from .models.base import LatentVariableModel
 from .objectives import importance_terms
+from .workspace import group_size
 
 
 def sample_noise(
@@ -57,8 +61,11 @@ def sample_noise(
 
 
 def chunk_samples(k: int, batch: int, chunk_size: int) -> int:
-    """Samples per chunk so that ``samples * batch <= chunk_size`` (at least one)."""
-    return max(1, min(k, chunk_size // max(batch, 1)))
+    """Samples per chunk: whole groups of :func:`aevb.workspace.group_size` samples (the
+    same groups whatever the chunk size), as many as ``samples * batch <= chunk_size``
+    allows, at least one group (and no more than k)."""
+    g = group_size(batch)
+    return min(k, max(g, chunk_size // max(batch, 1) // g * g))
 
 
 # Samples are reduced in fixed blocks of this many, whatever the chunks they were drawn in.
@@ -127,7 +134,8 @@ def importance_weighted(
         model: any aevb model.
         x: ``[B, *event]`` a batch of data (``y`` its context for a conditional model).
         k: number of importance samples K per example.
-        chunk_size: most (example, sample) pairs decoded at once (bounds memory).
+        chunk_size: most (example, sample) pairs decoded at once (bounds memory; at least one
+            group of samples, see :func:`chunk_samples`).
         seed: seeds the noise; sample k's noise depends only on (seed, k).
 
     Returns:

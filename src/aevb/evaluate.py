@@ -141,8 +141,9 @@ def evaluate(
             model and its dataset are loaded from it).
         dataset: the data (default: the run's dataset); ``split`` names the part to score.
         k: importance samples per example (K = 5000 for published numbers).
-        chunk_size: most (example, sample) pairs decoded at once; memory is bounded by it
-            and results do not depend on it. Default: 2048 on the CPU (the decoder's
+        chunk_size: most (example, sample) pairs decoded at once (at least one group of
+            ``aevb.workspace.group_size(batch_size)`` samples); memory is bounded by it and
+            results do not depend on it. Default: 2048 on the CPU (the decoder's
             activations stay in cache), 262144 on a GPU (large matmuls, few launches).
         naive: if > 0, also the naive prior-sampling estimate with this many samples.
         batch_size: examples per encoder pass.

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .distributions import LOG_2PI, gaussian_kl_diag_per_dim, gaussian_kl_per_dim
-from .workspace import per_sample
+from .workspace import per_group
 
 # --- what z is --------------------------------------------------------------------------
 KINDS = ("continuous", "categorical", "codes")
@@ -404,8 +404,8 @@ class GaussianMixture(Prior):
         self.mu, self.logvar = mu, logvar
 
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
-        # [S, B, D] samples one at a time, so that a sample's numbers do not depend on S
-        log_p = per_sample(self._log_prob, z)
+        # [S, B, D] samples group by group: a sample's numbers do not depend on S
+        log_p = per_group(self._log_prob, z)
         return log_p.unsqueeze(-1) if groups else log_p
 
     def _log_prob(self, z: Tensor) -> Tensor:

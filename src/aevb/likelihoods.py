@@ -43,7 +43,7 @@ from .distributions import (
     sum_softplus_,
 )
 from .errors import ConfigError, DataError
-from .workspace import Workspace, linear_into, slices
+from .workspace import Workspace, groups, linear_into
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
@@ -232,7 +232,7 @@ class Bernoulli(Likelihood):
             if logits.device.type != "cpu":
                 return -torch.ops.aten.softplus.out(logits, 1, 20, out=logits).sum(-1)
             # sigmoid's fast exp, not softplus's log1p(exp)
-            work = workspace.empty("relu", slices(logits)[0].shape, logits)  # [B, D]
+            work = workspace.empty("relu", groups(logits)[0].shape, logits)  # a group's
             return -sum_softplus_(logits, work=work)
 
         return log_prob

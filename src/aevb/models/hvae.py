@@ -26,16 +26,16 @@ from ..config import ModelConfig
 from ..distributions import LOG_2PI
 from ..latents import LatentGroup, LatentSpace, NoiseSpec, Posterior, Prior
 from ..likelihoods import likelihood_from_config
-from ..workspace import per_sample
+from ..workspace import per_group
 from .base import LatentVariableModel
 from .networks import build_networks, decoder_log_likelihood, mlp
 from .registry import register_model
 
 
 def _exp(t: Tensor) -> Tensor:
-    """``exp`` per sample of ``[S, B, D]`` samples: the numbers of a sample do not depend on
-    how many are computed at once (see :func:`aevb.workspace.slices`)."""
-    return per_sample(torch.exp, t)
+    """``exp`` group by group on ``[S, B, D]`` samples: the numbers of a sample do not depend
+    on how many are computed at once (see :mod:`aevb.workspace`)."""
+    return per_group(torch.exp, t)
 
 
 def _log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

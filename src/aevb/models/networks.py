@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
-from ..workspace import Workspace, each_slice_, linear_into, linear_per_sample, per_sample
+from ..workspace import Workspace, each_group_, linear_into, linear_per_group, per_group
 
 if TYPE_CHECKING:
     from ..likelihoods import Likelihood
@@ -37,13 +37,13 @@ def tanh_(x: Tensor) -> Tensor:
 
     On a CPU, PyTorch's tanh is a 1-ulp transcendental ~4x slower than its sigmoid (a fast
     vectorised exp); through the sigmoid, tanh is within 2e-7 of the exact value (the
-    1-ulp tanh: 3e-8). The sigmoid runs per sample of ``[S, B, ...]`` samples, so that a
-    sample's numbers do not depend on S (see :func:`aevb.workspace.slices`; the scalings
-    are exact). Elsewhere ``torch.tanh_``.
+    1-ulp tanh: 3e-8). The sigmoid runs group by group on ``[S, B, ...]`` samples, so that
+    a sample's numbers do not depend on S (see :mod:`aevb.workspace`; the scalings are
+    exact). Elsewhere ``torch.tanh_``.
     """
     if x.device.type != "cpu":
         return x.tanh_()
-    each_slice_(torch.sigmoid_, x.mul_(2.0))
+    each_group_(torch.sigmoid_, x.mul_(2.0))
     return x.mul_(2.0).sub_(1.0)
 
 
@@ -94,7 +94,7 @@ IN_PLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
 
 
 class Linear(nn.Linear):
-    """``nn.Linear``; without autograd, ``[S, B, F]`` samples one matmul per sample.
+    """``nn.Linear``; without autograd, ``[S, B, F]`` samples one matmul per group of samples.
 
     So that a sample's numbers do not depend on how many samples a chunk holds (see
     :mod:`aevb.workspace`). The parameters and the state dict are ``nn.Linear``'s.
@@ -105,7 +105,7 @@ class Linear(nn.Linear):
             torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         ):
             return super().forward(x)
-        return linear_per_sample(x, self.weight, self.bias)
+        return linear_per_group(x, self.weight, self.bias)
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -403,8 +403,8 @@ def decoder_log_likelihood(
         if fused is not None:
             workspace = Workspace()  # the hidden layers' buffers, reused by every call
             return lambda z: fused(decoder.features(z, workspace))
-    # any decoder and likelihood, one sample at a time: see aevb.workspace
-    return lambda z: per_sample(lambda zk: likelihood.log_prob(x, decoder(zk)), z)
+    # any decoder and likelihood, group by group: see aevb.workspace
+    return lambda z: per_group(lambda zg: likelihood.log_prob(x, decoder(zg)), z)
 
 
 def build_networks(
