@@ -93,7 +93,7 @@ def test_a_groups_matmul_does_not_depend_on_the_chunk_it_is_in(outputs, dtype):
     torch.manual_seed(outputs)
     layer = Linear(7, outputs).to(dtype)
     g = group_size(45)
-    assert g * 45 % 16 == 0 and g * 45 >= 128
+    assert g * 45 >= 64
     x = torch.randn(3 * g + 1, 45, 7, dtype=dtype)[1:]  # rows 4 or 8 bytes off alignment
     with torch.no_grad():
         whole = layer(x)
@@ -106,7 +106,7 @@ def test_a_groups_matmul_does_not_depend_on_the_chunk_it_is_in(outputs, dtype):
             assert torch.equal(part, whole_ws[k0:k1])
 
 
-@pytest.mark.parametrize("batch, g", [(1, 128), (10, 16), (45, 16), (128, 1), (500, 4)])
+@pytest.mark.parametrize("batch, g", [(1, 64), (10, 7), (45, 2), (64, 1), (500, 1)])
 def test_group_size(batch, g):
     assert group_size(batch) == g
 

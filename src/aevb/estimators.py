@@ -16,7 +16,7 @@
 Everything is written against the model interface (:mod:`aevb.models.base`), so it holds
 for every model. Batched over examples and chunked over samples: at most ``chunk_size``
 (example, sample) pairs go through the decoder at once (or one group of
-:func:`aevb.workspace.group_size` samples, 128 to 16 B pairs, if that is more), so memory
+:func:`aevb.workspace.group_size` samples, fewer than 64 + B pairs, if that is more), so memory
 is bounded whatever K. The noise of sample k of a batch depends only on (seed, k); chunks
 are whole groups of samples, each computed by the same calls whatever the chunk
 (:mod:`aevb.workspace`: matmuls and transcendentals group by group); and the samples are

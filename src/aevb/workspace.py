@@ -14,11 +14,11 @@ a number sits in a tensor runs on fixed **groups** of :func:`group_size` samples
 groups in every chunking (the estimators make chunks of whole groups):
 
 * matmuls: MKL picks its kernels by the matrix sizes and, for narrow outputs, by the
-  rows' memory alignment (measured: float64 results depend on the number of rows for most
-  shapes; float32 with 1-11 output columns on the rows' 16-byte alignment). A group's
-  rows (``g * B`` of them, a multiple of 16) start on a 64-byte boundary in a contiguous
-  chunk, so each group is the same call whatever the chunking (:func:`linear_into`,
-  :func:`linear_per_group`);
+  input rows' memory alignment (measured: float64 results depend on the number of rows
+  for most shapes; float32 with 1-11 output columns on the input rows' 16-byte alignment;
+  the output's alignment does not matter). Each group is one matmul of its ``g * B`` rows,
+  copied to a 64-byte boundary where they do not start on one, so each group is the same
+  call whatever the chunking (:func:`linear_into`, :func:`linear_per_group`);
 * transcendental elementwise functions (:func:`groups`): ATen's vectorised loops compute a
   tensor's last elements, and those where threads split it, with the function's scalar
   form, which differs from the vector form in the last bits; calls on the same block of
@@ -37,19 +37,13 @@ import torch
 from torch import Tensor
 
 ALIGN_BYTES = 64  # a cache line, and what PyTorch's CPU allocator aligns to
-GROUP_ROWS = 128  # a group has at least this many rows: matmuls of fewer lose speed
-_ROW_MULTIPLE = 16  # rows per group a multiple of this: groups start 64-byte aligned
+GROUP_ROWS = 64  # a group has at least this many rows: matmuls of fewer lose speed
 
 
 def group_size(batch: int) -> int:
-    """Samples per group for a batch of ``batch`` examples: the smallest g with
-    ``g * batch >= 128`` and ``g * batch`` a multiple of 16 (so that, in a contiguous
-    ``[S, B, F]`` chunk of float32 or float64 numbers, every group starts on a 64-byte
-    boundary whatever F). 1 for B = 128, 256, ...; 4 for B = 500; 128 for B = 1."""
-    g = max(1, -(-GROUP_ROWS // max(batch, 1)))
-    while (g * batch) % _ROW_MULTIPLE:
-        g += 1
-    return g
+    """Samples per group for a batch of ``batch`` examples: enough for 64 rows (one sample
+    from B = 64 on, 64 samples for B = 1)."""
+    return max(1, -(-GROUP_ROWS // max(batch, 1)))
 
 
 class Workspace:
