@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aevb.distributions import sum_softplus_
+from aevb.distributions import sum_log_sigmoid_, sum_softplus_
 from aevb.models.networks import tanh_
 from aevb.workspace import Workspace, group_size, linear_into
 
@@ -123,3 +123,30 @@ def test_tanh_module_is_tanh_with_tanhs_gradient():
     x32 = x.detach().float()
     assert (Tanh()(x32).double() - torch.tanh(x32.double())).abs().max() < 2e-7
     assert torch.equal(Tanh()(x32), tanh_(x32.clone()))  # the evaluator's numbers
+
+
+def log_sigmoid(u: torch.Tensor) -> torch.Tensor:
+    return -softplus(-u)
+
+
+@pytest.mark.parametrize("d", [1, 7, 784, 3072])
+def test_sum_log_sigmoid_equals_the_exact_sum(d):
+    g = torch.Generator().manual_seed(d)
+    u = torch.randn(4, 3, d, generator=g, dtype=torch.float64) * 3 + 4  # mostly well fitted
+    exact = log_sigmoid(u).sum(-1)
+    torch.testing.assert_close(sum_log_sigmoid_(u.clone()), exact, rtol=1e-13, atol=1e-12)
+    u32 = u.float()
+    fast = sum_log_sigmoid_(u32.clone()).double() - log_sigmoid(u32.double()).sum(-1)
+    ce = F.logsigmoid(u32).sum(-1).double() - log_sigmoid(u32.double()).sum(-1)
+    assert fast.abs().max() < 1.5 * ce.abs().max() + 2e-6
+
+
+def test_sum_log_sigmoid_takes_the_safe_path_where_a_block_would_underflow():
+    u = torch.full((2, 784), 3.0)
+    u[1, ::49] = -80.0  # 16 pixels of one block cost 80 nats each: their product underflows
+    work = torch.empty(2, 784)
+    got = sum_log_sigmoid_(u.clone(), work=work)
+    exact = log_sigmoid(u.double()).sum(-1)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-3)
+    assert got[1] < -16 * 79  # not lost to the underflow

@@ -40,7 +40,7 @@ from .distributions import (
     log_normal_sigma,
     mean_discretized_logistic_mixture,
     sample_discretized_logistic_mixture,
-    sum_softplus_,
+    sum_log_sigmoid_,
 )
 from .errors import ConfigError, DataError
 from .workspace import Workspace, groups, linear_into
@@ -201,15 +201,16 @@ class Bernoulli(Likelihood):
     def linear_log_prob(
         self, x: Tensor, weight: Tensor, bias: Tensor | None
     ) -> Callable[[Tensor], Tensor] | None:
-        """For binary x: ``-sum_d softplus(s_d l_d)``, ``s = 1 - 2x``, logits ``l = h W^T + b``.
+        """For binary x: ``sum_d log sigmoid((2x_d - 1) l_d)``, logits ``l = h W^T + b``.
 
-        For x in {0, 1}, ``x l - softplus(l) = -softplus((1 - 2x) l)``: the sign is computed
-        once per example, and each chunk of samples costs one matmul, one multiply, one
-        softplus and one sum over its logits, in place when nothing needs gradients (no
-        second ``[..., B, D]`` tensor: on a CPU fresh large tensors cost page faults). The
+        For x in {0, 1}, ``x l - softplus(l) = log sigmoid((2x - 1) l) = -softplus((1 - 2x) l)``:
+        the sign is computed once per example, and each chunk of samples costs one matmul
+        (into a reused buffer: on a CPU fresh large tensors cost page faults), one multiply
+        and, on a CPU, :func:`~aevb.distributions.sum_log_sigmoid_` (one sigmoid pass, logs
+        of products of 16 factors; elsewhere, and under autograd, softplus and a sum). The
         cross-entropy makes several passes (its log-sigmoid alone costs more than this).
-        Each term is a per-pixel negative log-probability, so nothing cancels: the numbers
-        are the cross-entropy's to float rounding.
+        Each term is a per-pixel log-probability, so nothing cancels: the numbers are the
+        cross-entropy's to float rounding.
 
         (``sum_d x_d l_d = h . (W^T x) + b . x``, once per example, avoids even the
         multiply, but it cancels against ``sum_d softplus(l_d)``, both hundreds of nats on
@@ -222,18 +223,19 @@ class Bernoulli(Likelihood):
         if not bool(((xf == 0) | (xf == 1)).all()):
             return None
         sign = 1 - 2 * xf  # [B, D]: -1 where x = 1, +1 where x = 0
+        agree = -sign  # log p(x_d | l_d) = log sigmoid(agree_d * l_d)
         workspace = Workspace()  # the logits' buffers, reused by every call
 
         def log_prob(h: Tensor) -> Tensor:
             if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
                 return -F.softplus(F.linear(h, weight, bias) * sign).sum(-1)
             logits = linear_into(workspace, "logits", h, weight, bias)  # [..., B, D]
-            logits.mul_(sign)
             if logits.device.type != "cpu":
+                logits.mul_(sign)
                 return -torch.ops.aten.softplus.out(logits, 1, 20, out=logits).sum(-1)
             # sigmoid's fast exp, not softplus's log1p(exp)
-            work = workspace.empty("relu", groups(logits)[0].shape, logits)  # a group's
-            return -sum_softplus_(logits, work=work)
+            work = workspace.empty("sigmoid", groups(logits)[0].shape, logits)  # a group's
+            return sum_log_sigmoid_(logits.mul_(agree), work=work)
 
         return log_prob
 
