@@ -26,6 +26,10 @@ groups in every chunking (the estimators make chunks of whole groups):
 
 Exact IEEE operations (``+``, ``*``, squares, sums over the last dimension) run on whole
 chunks: their results do not depend on position.
+
+All of this is for the CPU. On a GPU a chunk is one group (hundreds of samples in one
+kernel each: per-group launches would cost more than the work), so there the estimate is
+as chunk-independent as cuBLAS's kernel choice (not measured: no GPU was lent).
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ def _aligned_rows(t: Tensor) -> Tensor:
     return rows.clone(memory_format=torch.contiguous_format)
 
 
+def _group(t: Tensor) -> int:
+    """Samples per group of ``t`` ``[S, B, ...]``: :func:`group_size` on a CPU, all S elsewhere."""
+    return group_size(t.shape[1]) if t.device.type == "cpu" else max(t.shape[0], 1)
+
+
 def linear_per_group(
     h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor | None = None
 ) -> Tensor:
@@ -94,7 +103,7 @@ def linear_per_group(
     o = weight.shape[0]
     if out is None:
         out = h.new_empty((s, b, o))
-    g, wt = group_size(b), weight.t()
+    g, wt = _group(h), weight.t()
     for i in range(0, s, g):
         rows, dest = _aligned_rows(h[i : i + g]), out[i : i + g].view(-1, o)
         if bias is None:
@@ -131,7 +140,7 @@ def groups(t: Tensor) -> list[Tensor]:
     vectorise and split between threads the same way."""
     if t.dim() != 3:
         return [t]
-    g = group_size(t.shape[1])
+    g = _group(t)
     return [t[i : i + g] for i in range(0, t.shape[0], g)]
 
 
