@@ -132,6 +132,23 @@ TAILS = {  # widths that are not multiples of the vector loops' 32 floats
 }
 
 
+def _model_at(size: int, dtype: torch.dtype, **fields):
+    """A model of ``size`` x ``size`` binary images and 45 such images."""
+    torch.manual_seed(0)
+    base = dict(input_shape=(1, size, size), likelihood="bernoulli")
+    model = make_model(dtype, **{**base, **fields}).eval()
+    x = torch.nn.functional.interpolate(_data(45, True, dtype), size=(size, size)).round()
+    return model, x
+
+
+def _assert_chunk_size_changes_nothing(model, x, k: int = 70) -> None:
+    ref = importance_weighted(model, x, k, chunk_size=1 << 20)
+    for chunk in (45, 45 * 3, 45 * 64 + 5):
+        r = importance_weighted(model, x, k, chunk_size=chunk)
+        for key in ("log_px_iw", "distortion", "rate"):
+            assert torch.equal(r[key], ref[key]), (chunk, key)
+
+
 @pytest.mark.parametrize("arch", sorted(TAILS))
 def test_bit_identical_whatever_the_chunk_size_with_vector_tails_and_threads(arch):
     """Odd widths leave every chunk's last elements to the scalar forms of the elementwise
@@ -141,16 +158,7 @@ def test_bit_identical_whatever_the_chunk_size_with_vector_tails_and_threads(arc
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        torch.manual_seed(0)
-        base = dict(input_shape=(1, 28, 28), likelihood="bernoulli", **TAILS[arch])
-        model = make_model(torch.float32, **base).eval()
-        x = _data(45, binary=True, dtype=torch.float32)
-        x = torch.nn.functional.interpolate(x, size=(28, 28)).round()
-        ref = importance_weighted(model, x, 70, chunk_size=1 << 20)
-        for chunk in (45, 45 * 3, 45 * 64 + 5):
-            r = importance_weighted(model, x, 70, chunk_size=chunk)
-            for key in ("log_px_iw", "distortion", "rate"):
-                assert torch.equal(r[key], ref[key]), (chunk, key)
+        _assert_chunk_size_changes_nothing(*_model_at(28, torch.float32, **TAILS[arch]))
     finally:
         torch.set_num_threads(threads)
 
@@ -169,13 +177,4 @@ VARIANTS = {  # the models and likelihoods beyond the fused Bernoulli MLP path
 def test_every_variant_is_bit_identical_whatever_the_chunk_size(name):
     kw = dict(VARIANTS[name])
     dtype = kw.pop("dtype", torch.float32)
-    torch.manual_seed(0)
-    base = dict(input_shape=(1, 9, 9), likelihood="bernoulli")
-    model = make_model(dtype, **{**base, **kw}).eval()
-    x = _data(45, binary=True, dtype=dtype)
-    x = torch.nn.functional.interpolate(x, size=(9, 9)).round()
-    ref = importance_weighted(model, x, 70, chunk_size=1 << 20)
-    for chunk in (45, 45 * 3, 45 * 64 + 5):
-        r = importance_weighted(model, x, 70, chunk_size=chunk)
-        for key in ("log_px_iw", "distortion", "rate"):
-            assert torch.equal(r[key], ref[key]), (chunk, key)
+    _assert_chunk_size_changes_nothing(*_model_at(9, dtype, **kw))
