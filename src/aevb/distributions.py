@@ -157,56 +157,47 @@ def log_bernoulli(x: Tensor, logits: Tensor, event_dims: int = 1) -> Tensor:
 
 # Products of at most this many factors in [1/2, 1) stay far from float32's underflow
 # (2^-126) and within ~16 half-ulps of their exact value.
-_SOFTPLUS_PRODUCT_FACTORS = 16
-
-
-def sum_softplus_(t: Tensor, work: Tensor | None = None) -> Tensor:
-    """``sum_d softplus(t_d)`` over the last dimension, in place: ``t`` ``[..., D]`` is overwritten.
-
-    ``softplus(t) = relu(t) - log sigmoid(|t|)``. The factors ``sigmoid(|t_d|)`` lie in
-    [1/2, 1); they are multiplied in pairs (the first half of the last dimension by the
-    second, while its length is even, up to 16 factors per product) and only the products'
-    logs are taken and summed. Why: on a CPU, PyTorch's sigmoid uses a fast vectorised
-    exp, while softplus (and log) use 1-ulp transcendentals several times slower; this is
-    the Bernoulli log-likelihood's elementwise cost in the evaluator's hot loop (measured
-    in docs/benchmarks.md). Accuracy: within ~1e-7 nats per term of the exact value;
-    where ``|t| > 17`` the float32 sigmoid rounds to 1, dropping ``e^-|t| < 4e-8``.
-
-    ``[S, B, D]`` samples are summed group by group, so that a sample's numbers do not
-    depend on S (see :mod:`aevb.workspace`).
-
-    Args:
-        t: ``[..., D]`` real numbers (its storage is reused).
-        work: optional buffer for ``relu(t)``, with at least as many elements as ``t`` or,
-            for ``[S, B, D]``, as one group (else a fresh tensor).
-
-    Returns:
-        ``[...]`` the sums.
-    """
-    if t.dim() == 3:
-        d = t.shape[-1]
-        return torch.cat(
-            [sum_softplus_(g.reshape(-1, d), work).view(g.shape[:-1]) for g in groups(t)]
-        )
-    w = None if work is None else work.view(-1)[: t.numel()].view(t.shape)
-    relu_sum = torch.clamp_min(t, 0, out=w).sum(-1)
-    g = _block_products(t.abs_().sigmoid_())  # the factors in [1/2, 1)
-    return relu_sum - g.log_().sum(-1)
+_PRODUCT_FACTORS = 16
+# A product of sigmoids below this has left float32's full precision (normal numbers end at
+# 2^-126): the sum is then taken the safe way.
+_LOWEST_PRODUCT = 2.0**-100
 
 
 def _block_products(g: Tensor) -> Tensor:
     """Products of up to 16 factors of ``g`` ``[N, D]``: the first half of the last dimension
     times the second, while its length is even (in place): ``[N, D / 2^m]``, m <= 4."""
     n, factors = g.shape[-1], 1
-    while n % 2 == 0 and factors < _SOFTPLUS_PRODUCT_FACTORS:
+    while n % 2 == 0 and factors < _PRODUCT_FACTORS:
         n, factors = n // 2, 2 * factors
         g = torch.mul(g[..., :n], g[..., n : 2 * n], out=g[..., :n])  # [..., n]
     return g
 
 
-# A product of sigmoids below this has left float32's full precision (normal numbers end at
-# 2^-126): the sum is then taken the safe way.
-_LOWEST_PRODUCT = 2.0**-100
+def _fit(work: Tensor | None, like: Tensor) -> Tensor | None:
+    """The first ``like.numel()`` elements of the buffer ``work``, shaped as ``like``."""
+    return None if work is None else work.view(-1)[: like.numel()].view(like.shape)
+
+
+def sum_softplus_(t: Tensor, work: Tensor | None = None) -> Tensor:
+    """``sum_d softplus(t_d)`` over the last dimension, in place: ``t`` ``[..., D]`` is overwritten.
+
+    ``softplus(t) = relu(t) - log sigmoid(|t|)``: the factors ``sigmoid(|t_d|)`` lie in
+    [1/2, 1), so their products in blocks of 16 never underflow, and one log is taken per
+    block (PyTorch's CPU sigmoid uses a fast vectorised exp; its softplus and log are
+    1-ulp transcendentals several times slower). Within ~1e-7 nats per term of the exact
+    value; where ``|t| > 17`` the float32 sigmoid rounds to 1, dropping ``e^-|t| < 4e-8``.
+    The safe form behind :func:`sum_log_sigmoid_` (one more pass for the relu, one for |t|).
+
+    Args:
+        t: ``[..., D]`` real numbers (its storage is reused).
+        work: optional buffer for ``relu(t)`` with at least as many elements as ``t``.
+
+    Returns:
+        ``[...]`` the sums.
+    """
+    relu_sum = torch.clamp_min(t, 0, out=_fit(work, t)).sum(-1)
+    g = _block_products(t.abs_().sigmoid_())  # the factors in [1/2, 1)
+    return relu_sum - g.log_().sum(-1)
 
 
 def sum_log_sigmoid_(u: Tensor, work: Tensor | None = None) -> Tensor:
@@ -218,9 +209,10 @@ def sum_log_sigmoid_(u: Tensor, work: Tensor | None = None) -> Tensor:
     vectorised exp; its log1p/softplus are 1-ulp transcendentals several times slower)
     and a sixteenth of the logs. A block whose product falls below 2^-100 (its 16 pixels
     cost more than 69 nats together: a badly fitting model) would lose precision; then
-    the whole ``[N, D]`` block of rows is summed by :func:`sum_softplus_` instead (never
-    seen with a trained model: the smallest block of a 30-epoch binarized-MNIST VAE was
-    2^-23). ``u`` is overwritten only in that case.
+    those rows are summed by :func:`sum_softplus_` instead (never seen with a trained
+    model: the smallest block of a 30-epoch binarized-MNIST VAE was 2^-23). ``u`` is
+    overwritten only in that case. Checking the products is a host sync per group of
+    samples: free on the CPU, the only device the evaluator runs this on.
 
     ``[S, B, D]`` samples are summed group by group, so that a sample's numbers do not
     depend on S (see :mod:`aevb.workspace`).
@@ -238,8 +230,7 @@ def sum_log_sigmoid_(u: Tensor, work: Tensor | None = None) -> Tensor:
         return torch.cat(
             [sum_log_sigmoid_(g.reshape(-1, d), work).view(g.shape[:-1]) for g in groups(u)]
         )
-    w = None if work is None else work.view(-1)[: u.numel()].view(u.shape)
-    g = _block_products(torch.sigmoid(u, out=w))
+    g = _block_products(torch.sigmoid(u, out=_fit(work, u)))
     if float(g.amin()) >= _LOWEST_PRODUCT:
         return g.log_().sum(-1)
     return -sum_softplus_(u.neg_(), work)  # log sigmoid(u) = -softplus(-u)
