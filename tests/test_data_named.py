@@ -26,6 +26,7 @@ from aevb.cli import main
 from aevb.config import DataConfig
 from aevb.data import DATASETS, load_dataset
 from aevb.data import binarized_mnist as bm
+from aevb.data.base import Dataset
 from aevb.data import cifar10 as cf
 from aevb.data import frey_face as ff
 from aevb.data import idx as idx_mod
@@ -114,6 +115,25 @@ def test_binarized_mnist_reads_plain_and_gzipped_amat(small_binarized):
         assert torch.equal(ds.tensor(s), torch.from_numpy(b).float().view(-1, 1, 28, 28))
     assert ds.info.shape == (1, 28, 28) and ds.info.likelihood == "bernoulli"
     assert ds.labels("train") is None and not ds.info.has_labels
+
+
+def test_binarized_mnist_held_as_uint8_hands_out_the_same_float32_batches(small_binarized):
+    """The splits stay uint8 in memory (a quarter of it, no float32 copy to touch); every
+    batch, head and tensor is float32 and equal, bit for bit, to a float32-held copy's."""
+    data_dir, bits = small_binarized
+    ds = load_dataset(DataConfig(dataset="binarized-mnist", data_dir=str(data_dir)))
+    assert all(ds.splits[s].dtype == torch.uint8 for s in bits)
+    as_float = Dataset(ds.info, {s: ds.splits[s].float() for s in bits})
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+    for a, b in zip(ds.train_batches(4, 0, 1), as_float.train_batches(4, 0, 1), strict=True):
+        assert same(a[0], b[0])
+    for a, b in zip(ds.eval_batches("valid", 2), as_float.eval_batches("valid", 2), strict=True):
+        assert same(a[0], b[0])
+    assert same(ds.head("test", 1), as_float.head("test", 1))
+    assert same(ds.tensor("train"), as_float.tensor("train"))
 
 
 def test_binarized_mnist_checksum_mismatch(small_binarized):

@@ -13,10 +13,19 @@ is saved, loaded and resumed; the numbers are bit-identical to ``optimizer.step(
 (``torch.optim.optimizer.register_optimizer_step_post_hook``) still run. An optimizer
 this path does not cover (not Adam, not fused, AMSGrad, a tensor learning rate,
 parameters of several devices or dtypes in one group) takes ``optimizer.step()``.
+
+:class:`Adam` is ``torch.optim.Adam`` that does not import ``torch._dynamo`` (1.2-1.5 s
+of a process's start, measured by ``benchmarks/process_cost.py``) while nothing has
+imported it: torch 2.13 wraps ``add_param_group``, ``state_dict``, ``load_state_dict``
+and ``zero_grad`` in ``torch._disable_dynamo``, whose first call imports torch._dynamo
+only to mark the method "not to be traced". With torch._dynamo not loaded nothing can
+be tracing, so the unwrapped method is the same; once it is loaded (``--compile``,
+or a user's own ``torch.compile``) the wrapped method runs, as in torch.optim.
 """
 
 from __future__ import annotations
 
+import sys
 from itertools import chain
 
 import torch
@@ -24,9 +33,34 @@ from torch import Tensor
 from torch.optim import optimizer as _optim_module
 
 
+def _untraced(name: str):
+    """``torch.optim.Optimizer.<name>`` without its ``torch._disable_dynamo`` wrapper while
+    torch._dynamo is not imported (the wrapper's only effect is to import it then)."""
+    wrapped = getattr(torch.optim.Optimizer, name)
+    raw = getattr(wrapped, "__wrapped__", None)
+
+    def method(self, *args, **kwargs):
+        if raw is None or "torch._dynamo" in sys.modules:
+            return wrapped(self, *args, **kwargs)
+        return raw(self, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = wrapped.__doc__
+    return method
+
+
+class Adam(torch.optim.Adam):
+    """``torch.optim.Adam``, the same state and numbers, built without importing torch._dynamo."""
+
+    add_param_group = _untraced("add_param_group")
+    state_dict = _untraced("state_dict")
+    load_state_dict = _untraced("load_state_dict")
+    zero_grad = _untraced("zero_grad")
+
+
 def covers(optimizer: torch.optim.Optimizer) -> bool:
     """Whether :func:`step` can take this optimizer's step itself (else it calls ``step()``)."""
-    if type(optimizer) is not torch.optim.Adam or not hasattr(torch, "_fused_adam_"):
+    if type(optimizer) not in (torch.optim.Adam, Adam) or not hasattr(torch, "_fused_adam_"):
         return False
     for group in optimizer.param_groups:
         if not group.get("fused") or group.get("amsgrad") or group.get("differentiable"):

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import rundir, runs
+from . import fused_adam, rundir, runs
 from .accumulate import MeanAccumulator
 from .data.base import SPLITS, Dataset, DatasetInfo
 from .errors import AevbError, CheckpointError, ConfigError, TrainingInterrupted
@@ -292,7 +292,7 @@ def _start(
 
 def _optimizer(net: nn.Module, settings: PriorSettings) -> torch.optim.Optimizer:
     fused = next(net.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.Adam(net.parameters(), lr=settings.lr, fused=fused)
+    return fused_adam.Adam(net.parameters(), lr=settings.lr, fused=fused)
 
 
 def _finish(

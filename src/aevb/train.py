@@ -400,7 +400,7 @@ def _setup(
     model = build_model(config).to(device)
     for x, _ in dataset.eval_batches("train", tc.eval_batch_size):  # batch-wise: may be on disk
         model.likelihood.check_data(x)
-    optimizer = torch.optim.Adam(
+    optimizer = fused_adam.Adam(
         model.parameters(), lr=tc.lr, eps=tc.adam_eps, fused=device.type in ("cpu", "cuda")
     )
     prog = Progress(batch_size=batch_size)

@@ -280,9 +280,16 @@ def with_label_count(info: DatasetInfo, labels: dict[str, Tensor] | None) -> Dat
 class Dataset(DataSource):
     """Three in-memory splits held as tensors (on the accelerator when there is one).
 
+    A split may be held as uint8 (e.g. binarized MNIST's 0s and 1s): a quarter of the
+    memory, and no first touch of a float32 copy of the whole data set (0.4-0.6 s for
+    binarized MNIST's 220 MB on a cloud VM); every batch, head and ``tensor`` is handed
+    out as float32, the same values.
+
     Args:
         info: what the data is (after ``transform``).
-        splits: ``{split: [N, *shape]}`` float32 examples as read from the source.
+        splits: ``{split: [N, *shape]}`` float32 examples as read from the source, or
+            uint8 ones whose float32 values are the examples (other dtypes, e.g. the
+            int64 codes a discrete prior is fitted to, are handed out as they are).
         labels: ``{split: [N]}`` int64 labels, or None.
         transform: the per-batch hook; its ``fixed`` part is applied here, once, to every
             split, its ``per_use`` part to each training batch.
@@ -307,6 +314,8 @@ class Dataset(DataSource):
                 )
             if len(x) == 0:
                 raise DataError(f"split {s} of dataset {info.name} is empty")
+        if not self.transform.identity:
+            splits = {s: _float(x) for s, x in splits.items()}
         self.splits = {
             s: self.transform.fixed(splits[s], s, torch.arange(len(splits[s]))) for s in SPLITS
         }
@@ -315,16 +324,16 @@ class Dataset(DataSource):
         return len(self._split(split))
 
     def tensor(self, split: str) -> Tensor:
-        """The whole split ``[N, *shape]`` (as used by the model)."""
-        return self._split(split)
+        """The whole split ``[N, *shape]`` float32 (as used by the model)."""
+        return _float(self._split(split))
 
     def head(self, split: str, n: int) -> Tensor:
-        return self._split(split)[: max(n, 0)]
+        return _float(self._split(split)[: max(n, 0)])
 
     def _read(self, split: str, batches: Sequence[Batch]) -> Iterator[Tensor]:
         x = self._split(split)
         for idx in batches:
-            yield take(x, idx)
+            yield _float(take(x, idx))
 
     def to(self, device: torch.device | str) -> Dataset:
         self.device = torch.device(device)
@@ -344,6 +353,11 @@ class Dataset(DataSource):
     def _split(self, split: str) -> Tensor:
         self._check_split(split)
         return self.splits[split]
+
+
+def _float(x: Tensor) -> Tensor:
+    """Examples as handed out: uint8 storage as float32 (exactly), any other dtype as it is."""
+    return x.to(torch.float32) if x.dtype == torch.uint8 else x
 
 
 def check_finite(x: Tensor, name: str) -> None:
