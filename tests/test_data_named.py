@@ -26,10 +26,10 @@ from aevb.cli import main
 from aevb.config import DataConfig
 from aevb.data import DATASETS, load_dataset
 from aevb.data import binarized_mnist as bm
-from aevb.data.base import Dataset
 from aevb.data import cifar10 as cf
 from aevb.data import frey_face as ff
 from aevb.data import idx as idx_mod
+from aevb.data.base import Dataset
 from aevb.data.binarize import fixed_uniforms
 from aevb.data.download import RemoteFile
 from aevb.errors import DataError
