@@ -120,3 +120,14 @@ for adam in (fused_adam.Adam, torch.optim.Adam):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_aevb_adam_zero_grad_sets_every_gradient_to_none_or_zero():
+    net = _net(torch.float32)
+    opt = fused_adam.Adam(net.parameters(), fused=True)
+    net(torch.randn(4, 6)).sum().backward()
+    opt.zero_grad(set_to_none=False)  # torch.optim's own path
+    assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
+    net(torch.randn(4, 6)).sum().backward()
+    opt.zero_grad()
+    assert all(p.grad is None for p in net.parameters())

@@ -39,21 +39,26 @@ class MeanAccumulator:
         """
         if not values:
             return
+        with torch.no_grad():  # (a training step's values: no detach per value)
+            self._add(mask, values)
+
+    def _add(self, mask: Tensor | None, values: dict[str, Tensor]) -> None:
+        # A training step calls this every step: as few tensor operations as it takes
+        # (each costs a few µs on a CPU, whatever its size).
         first = next(iter(values.values()))
         b = first.shape[0]
-        count = torch.full((), float(b), dtype=torch.float64, device=first.device)
-        if mask is not None:
-            count = count * mask
-        self._count = count if self._count is None else self._count + count
+        if self._count is None:
+            self._count = torch.zeros((), dtype=torch.float64, device=first.device)
+        self._count = self._count + b if mask is None else torch.add(self._count, mask, alpha=b)
         scalars = [k for k, v in values.items() if v.dim() == 1]
         if scalars:
-            stacked = torch.stack([values[k].detach() for k in scalars]).to(torch.float64)
+            stacked = torch.stack([values[k] for k in scalars]).to(torch.float64)
             if mask is not None:
                 stacked = torch.where(mask, stacked, 0.0)
             self._accumulate(tuple(scalars), stacked.sum(1), stacked.pow(2).sum(1))
         for k, v in values.items():
             if v.dim() > 1:
-                v = v.detach().to(torch.float64)
+                v = v.to(torch.float64)
                 if mask is not None:
                     v = torch.where(mask, v, 0.0)
                 self._accumulate((k,), v.sum(0)[None], v.pow(2).sum(0)[None])

@@ -55,7 +55,17 @@ class Adam(torch.optim.Adam):
     add_param_group = _untraced("add_param_group")
     state_dict = _untraced("state_dict")
     load_state_dict = _untraced("load_state_dict")
-    zero_grad = _untraced("zero_grad")
+    _zero_grad = _untraced("zero_grad")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``Optimizer.zero_grad``; with ``set_to_none`` (the default) the gradients are set
+        to None directly, without torch.optim's profiler range around it (~0.1 ms a step
+        on a CPU, measured: a few percent of a small model's training step)."""
+        if not set_to_none:
+            return self._zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
 
 def covers(optimizer: torch.optim.Optimizer) -> bool:
