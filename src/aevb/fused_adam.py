@@ -20,7 +20,11 @@ imported it: torch 2.13 wraps ``add_param_group``, ``state_dict``, ``load_state_
 and ``zero_grad`` in ``torch._disable_dynamo``, whose first call imports torch._dynamo
 only to mark the method "not to be traced". With torch._dynamo not loaded nothing can
 be tracing, so the unwrapped method is the same; once it is loaded (``--compile``,
-or a user's own ``torch.compile``) the wrapped method runs, as in torch.optim.
+or a user's own ``torch.compile``) the wrapped method runs, as in torch.optim. Only a
+method whose wrapper is ``torch._disable_dynamo``'s is unwrapped (any other decorator a
+later torch adds is kept). ``zero_grad()`` (``set_to_none``, the default) sets the
+gradients to None itself, without torch.optim's profiler range (~0.1 ms a step); under
+``torch.compile`` it is traced (plain Python, no graph break) rather than skipped.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ import torch
 from torch import Tensor
 from torch.optim import optimizer as _optim_module
 
+# The code of the function ``torch._disable_dynamo`` wraps a method in (one for all).
+_DISABLE_DYNAMO_CODE = getattr(torch._disable_dynamo(lambda: None), "__code__", None)
+
 
 def _untraced(name: str):
-    """``torch.optim.Optimizer.<name>`` without its ``torch._disable_dynamo`` wrapper while
+    """``torch.optim.Adam.<name>`` without its ``torch._disable_dynamo`` wrapper while
     torch._dynamo is not imported (the wrapper's only effect is to import it then)."""
-    wrapped = getattr(torch.optim.Optimizer, name)
-    raw = getattr(wrapped, "__wrapped__", None)
+    wrapped = getattr(torch.optim.Adam, name)
+    is_disable_dynamo = getattr(wrapped, "__code__", None) is _DISABLE_DYNAMO_CODE
+    raw = getattr(wrapped, "__wrapped__", None) if is_disable_dynamo else None
 
     def method(self, *args, **kwargs):
         if raw is None or "torch._dynamo" in sys.modules:
