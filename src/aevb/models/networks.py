@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
 from ..workspace import Workspace, each_group_, linear_into, linear_per_group, per_group
@@ -47,31 +46,20 @@ def tanh_(x: Tensor) -> Tensor:
     return x.mul_(2.0).sub_(1.0)
 
 
-class _TanhThroughSigmoid(torch.autograd.Function):
-    """tanh forward as ``2 sigmoid(2x) - 1`` (:func:`tanh_`), backward as tanh's own."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        y = tanh_(x.clone())
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2)
-
-
 class Tanh(nn.Tanh):
-    """``nn.Tanh``, computed on a CPU through the sigmoid (:func:`tanh_`): the training step's
-    tanh layers cost a third as much (measured in docs/benchmarks.md, "Training step")."""
+    """``nn.Tanh``; without autograd on a CPU computed through the sigmoid (:func:`tanh_`),
+    as the evaluator computes it.
+
+    Under autograd it is ``torch.tanh``: in a training step the sigmoid form's extra
+    operations (a copy, two scalings, its own backward node) cost more than the slower
+    transcendental saves at these sizes (measured: the tanh model's step ran at 0.88-0.89x
+    a plain PyTorch loop of the same math through the sigmoid, 0.92x with ``torch.tanh``;
+    ``benchmarks/train_speed.py --arch burda``, docs/benchmarks.md "Training step").
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return torch.tanh(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _TanhThroughSigmoid.apply(x)
         return tanh_(x.clone())
 
 
