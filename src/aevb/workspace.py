@@ -103,14 +103,19 @@ def linear_per_group(
     o = weight.shape[0]
     if out is None:
         out = h.new_empty((s, b, o))
-    g, wt = _group(h), weight.t()
+    g = _group(h)
     for i in range(0, s, g):
-        rows, dest = _aligned_rows(h[i : i + g]), out[i : i + g].view(-1, o)
-        if bias is None:
-            torch.mm(rows, wt, out=dest)
-        else:
-            torch.addmm(bias, rows, wt, out=dest)
+        _matmul_into(out[i : i + g].view(-1, o), _aligned_rows(h[i : i + g]), weight, bias)
     return out
+
+
+def _matmul_into(dest: Tensor, rows: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """``dest`` ``[N, O]`` = ``rows`` ``[N, F]`` @ ``weight.T`` (+ ``bias``, added by the matmul
+    as ``F.linear`` adds it: one ``addmm``)."""
+    if bias is None:
+        torch.mm(rows, weight.t(), out=dest)
+    else:
+        torch.addmm(bias, rows, weight.t(), out=dest)
 
 
 def linear_into(
@@ -124,12 +129,7 @@ def linear_into(
     out = workspace.empty(key, (*h.shape[:-1], o), like=h)
     if h.dim() == 3:
         return linear_per_group(h, weight, bias, out=out)
-    rows = h.reshape(-1, h.shape[-1])  # [N, F]
-    dest = out.view(-1, o)
-    if bias is None:
-        torch.mm(rows, weight.t(), out=dest)
-    else:
-        torch.addmm(bias, rows, weight.t(), out=dest)
+    _matmul_into(out.view(-1, o), h.reshape(-1, h.shape[-1]), weight, bias)
     return out
 
 
