@@ -9,6 +9,8 @@ of every rank in one collective.
 
 from __future__ import annotations
 
+from itertools import groupby
+
 import torch
 from torch import Tensor
 
@@ -20,15 +22,61 @@ class MeanAccumulator:
     costs a handful of kernels whatever K.
     """
 
+    MAX_PENDING = 512  # deferred batches kept before they are summed anyway
+
     def __init__(self) -> None:
         # key tuple -> [sum [K, ...], sum of squares [K, ...]]
         self._groups: dict[tuple[str, ...], list[Tensor]] = {}
         self._count: Tensor | None = None
+        # add_later's batches not summed yet: (keys, values [K, B], skip flag or None)
+        self._pending: list[tuple[tuple[str, ...], Tensor, Tensor | None]] = []
 
     @property
     def n(self) -> int:
         """Examples added so far (a host sync)."""
+        self._flush()
         return 0 if self._count is None else int(round(float(self._count)))
+
+    def add_later(self, skip: Tensor | None = None, **values: Tensor) -> None:
+        """:meth:`add` for per-example scalars ``[B]``, summed at the next read of the state.
+
+        A training step calls this every step: it costs one tensor operation (the values
+        stacked, no autograd graph kept), where :meth:`add` costs about ten (each a few µs
+        on a CPU whatever its size). The batches kept are summed together when anything
+        reads the sums, the count or the state, or when :data:`MAX_PENDING` are waiting.
+
+        Args:
+            skip: optional 0-dim bool tensor, True where the batch counts for nothing
+                (:meth:`add`'s ``mask`` negated: a training step's "skipped" flag as is).
+        """
+        if not values:
+            return
+        with torch.no_grad():
+            stacked = torch.stack(list(values.values()))
+        self._pending.append((tuple(values), stacked, skip))
+        if len(self._pending) >= self.MAX_PENDING:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Sum the batches :meth:`add_later` kept: a few operations for all of them."""
+        pending, self._pending = self._pending, []
+        # runs of batches with the same keys and batch size, in the order they came
+        for (keys, _), run in groupby(pending, key=lambda e: (e[0], e[1].shape)):
+            self._add_run(keys, list(run))
+
+    def _add_run(self, keys: tuple[str, ...], run: list) -> None:
+        first = run[0][1]
+        with torch.no_grad():
+            values = torch.stack([v for _, v, _ in run]).to(torch.float64)  # [n, K, B]
+            if self._count is None:
+                self._count = torch.zeros((), dtype=torch.float64, device=first.device)
+            self._count = self._count + len(run) * first.shape[1]
+            if any(skip is not None for _, _, skip in run):
+                no = torch.zeros((), dtype=torch.bool, device=first.device)
+                skipped = torch.stack([no if skip is None else skip for _, _, skip in run])
+                self._count = torch.sub(self._count, skipped.sum(), alpha=first.shape[1])
+                values = torch.where(skipped[:, None, None], 0.0, values)
+            self._accumulate(keys, values.sum((0, 2)), values.pow(2).sum((0, 2)))
 
     def add(self, mask: Tensor | None = None, **values: Tensor) -> None:
         """Add per-example tensors ``[B, ...]`` (all with the same B).
@@ -39,6 +87,7 @@ class MeanAccumulator:
         """
         if not values:
             return
+        self._flush()  # keep the order of the batches added
         with torch.no_grad():  # (a training step's values: no detach per value)
             self._add(mask, values)
 
@@ -70,6 +119,7 @@ class MeanAccumulator:
         distributed reduction holds the same tensors, even a rank that adds nothing."""
         if len(keys) > 1 and shape:
             raise ValueError("vector-valued keys are declared one at a time")
+        self._flush()
         zeros = torch.zeros((len(keys), *shape), dtype=torch.float64, device=device)
         self._accumulate(keys, zeros, zeros.clone())
         if self._count is None:
@@ -102,14 +152,17 @@ class MeanAccumulator:
 
     @property
     def sums(self) -> dict[str, Tensor]:
+        self._flush()
         return {k: g[0][i] for keys, g in self._groups.items() for i, k in enumerate(keys)}
 
     @property
     def sq_sums(self) -> dict[str, Tensor]:
+        self._flush()
         return {k: g[1][i] for keys, g in self._groups.items() for i, k in enumerate(keys)}
 
     def tensors(self) -> list[Tensor]:
         """The accumulator's state tensors (for an in-place all-reduce), count last."""
+        self._flush()
         out = [t for g in self._groups.values() for t in g]
         return out + ([self._count.view(1)] if self._count is not None else [])
 

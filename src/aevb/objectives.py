@@ -233,17 +233,21 @@ class ELBO(Objective):
             kl = KLTerms((log_q - p.log_prob(z, groups=True)).mean(0))
         else:
             z = q.rsample(eps, hyper.get("tau")) if train else q.sample(eps)  # [L, B, *z]
-        recon_nll = -model.log_likelihood(x, z, y).mean(0)
+        log_px = model.log_likelihood(x, z, y)  # [L, B]
+        # the mean over one sample is that sample (exactly): a view, not a reduction
+        recon_nll = -(log_px.squeeze(0) if log_px.shape[0] == 1 else log_px.mean(0))
         total = kl.total
-        if train:
-            penalty = free_bits(kl, self.threshold, self.per) if self.threshold > 0 else total
-            loss = recon_nll + hyper.get("beta", 1.0) * penalty
-        else:
-            loss = recon_nll + total
+        neg_elbo = recon_nll + total
+        beta = hyper.get("beta", 1.0) if train else 1.0
+        if train and self.threshold > 0:
+            penalty = free_bits(kl, self.threshold, self.per)
+            loss = recon_nll + (penalty if beta == 1.0 else beta * penalty)
+        else:  # beta = 1: the loss is the negative ELBO itself (no operations to repeat)
+            loss = neg_elbo if beta == 1.0 else recon_nll + beta * total
         if q.aux_loss is not None:
             loss = loss + q.aux_loss
         return ObjectiveOutput(
-            loss, recon_nll + total, recon_nll, total, kl.groups, kl.per_dim, metrics=q.metrics
+            loss, neg_elbo, recon_nll, total, kl.groups, kl.per_dim, metrics=q.metrics
         )
 
 

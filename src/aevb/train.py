@@ -578,8 +578,7 @@ def _train_epoch(
     per_rank = s.batch_size / ctx.world_size
     acc = MeanAccumulator()
     s.step_metrics = step_metrics = StepMetrics()
-    skipped = torch.zeros((), device=device)
-    run_of_bad = torch.zeros((), device=device)
+    skips = SkipLog()
     s.good_before_epoch = s.good_steps
     params = [p for p in s.model.parameters() if p.requires_grad]
     epoch_start = prog.step
@@ -599,38 +598,42 @@ def _train_epoch(
             group["lr"] = hyper["lr"]
         # Noise for the whole global batch, this rank's slice: every world size sees the
         # same noise per example (rank 0 of 1 takes all of it).
-        eps = noise.draw(s.objective.num_samples, s.batch_size, device)[:, lo:hi]
+        eps = noise.draw(s.objective.num_samples, s.batch_size, device)
+        if ctx.world_size > 1:
+            eps = eps[:, lo:hi]
         out = s.step_fn(x, y, eps, hyper)
-        loss = out.loss.sum() / per_rank  # DDP averages: the global batch's mean
+        # DDP averages the ranks' gradients: each rank's sum over per_rank makes the
+        # global batch's mean (one process: the mean, in one operation)
+        loss = out.loss.mean() if ctx.world_size == 1 else out.loss.sum() / per_rank
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # A non-finite loss (on any rank) skips the step. With --grad-clip the gradient norm
         # is at hand and a non-finite one skips it too; without, a gradient that overflows
         # although the loss did not would make non-finite weights, which the next
         # checkpoint refuses to write (the last good one stays).
-        bad = ~torch.isfinite(loss.detach())
+        bad = _not_finite(loss.detach())
         if tc.grad_clip is not None:
-            bad = bad | ~torch.isfinite(nn.utils.clip_grad_norm_(params, tc.grad_clip))
+            bad = bad | _not_finite(nn.utils.clip_grad_norm_(params, tc.grad_clip))
         bad = distributed.any_rank(bad)
         _optimizer_step(s.optimizer, bad)
         # per-example scalars only: the per-dimension KL is logged from validation
-        acc.add(mask=~bad, **{k: v for k, v in out.per_example().items() if v.dim() == 1})
-        step_metrics.add(out.metrics, ~bad)
+        acc.add_later(bad, **{k: v for k, v in out.per_example().items() if v.dim() == 1})
+        if out.metrics:
+            step_metrics.add(out.metrics, ~bad)
+        skips.add(bad)
         s.last_batch = (x, y)
-        skipped = skipped + bad
-        run_of_bad = (run_of_bad + 1) * bad
         prog.step += 1
         bar.update(1)
         at_check = prog.step % tc.log_every == 0
         if at_check:
-            _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
+            _check_divergence(s, skips, prog.step - epoch_start)
             if not bar.disable and acc.n:
                 mean = float(acc.sums["neg_elbo"]) / acc.n  # this rank's slice only
                 bar.set_postfix_str(f"epoch {prog.epoch + 1} neg-ELBO {mean:.3f} nats")
             if s.tracker.active:
                 _track_steps(s.tracker, acc, logged, prog.step)
         if tc.checkpoint_every and prog.step % tc.checkpoint_every == 0:
-            _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
+            _check_divergence(s, skips, prog.step - epoch_start)
             _checkpoint(s, clock, check_weights=True)
         if prog.step >= s.n_steps:
             break
@@ -641,8 +644,8 @@ def _train_epoch(
         elif at_check and distributed.any_rank_flag(bool(stop)):
             stop.signum = stop.signum or signal.SIGINT
             break
-    _check_divergence(s, run_of_bad, skipped, prog.step - epoch_start)
-    return acc, skipped
+    _check_divergence(s, skips, prog.step - epoch_start)
+    return acc, torch.tensor(float(skips.skipped), device=device)
 
 
 def _track_steps(
@@ -664,13 +667,44 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, bad: Tensor) -> None:
     fused_adam.step(optimizer, bad.to(torch.float32))
 
 
-def _check_divergence(s: Session, run_of_bad: Tensor, skipped: Tensor, taken: int) -> None:
+def _not_finite(t: Tensor) -> Tensor:
+    """``~isfinite(t)`` in two operations (``isfinite`` is four, and the negation a fifth):
+    ``t - t`` is 0 for a finite number and NaN for an infinite one or NaN."""
+    return (t - t).ne(0)
+
+
+class SkipLog:
+    """Which of an epoch's steps were skipped: kept as the steps' flags and counted at the
+    checks (a host sync there), not with tensor operations at every step."""
+
+    def __init__(self) -> None:
+        self.skipped = 0  # steps skipped so far
+        self.run = 0  # of them, the latest steps in a row
+        self._pending: list[Tensor] = []
+
+    def add(self, bad: Tensor) -> None:
+        """One step's flag (a 0-dim bool tensor: True where the step was skipped)."""
+        self._pending.append(bad)
+
+    def count(self) -> SkipLog:
+        """Fold the flags added since the last call into the counts (a host sync)."""
+        if self._pending:
+            flags = torch.stack(self._pending).tolist()
+            self._pending.clear()
+            for f in flags:
+                self.skipped += f
+                self.run = self.run + 1 if f else 0
+        return self
+
+
+def _check_divergence(s: Session, skips: SkipLog, taken: int) -> None:
     """Stop cleanly after ``--max-skipped-steps`` non-finite steps in a row, saying why.
 
-    ``taken`` steps of this epoch ran so far, ``skipped`` of them were skipped (a host sync).
+    ``taken`` steps of this epoch ran so far; ``skips`` says how many were skipped.
     """
-    s.good_steps = s.good_before_epoch + taken - int(skipped)
-    run = int(run_of_bad)
+    skips.count()
+    s.good_steps = s.good_before_epoch + taken - skips.skipped
+    run = skips.run
     if run < s.config.train.max_skipped_steps:
         return
     what = f"{run} steps in a row had a non-finite loss or gradient and were skipped"
