@@ -116,19 +116,13 @@ def test_tanh_module_is_tanh_with_tanhs_gradient():
 
     x = torch.linspace(-9, 9, 1001, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(Tanh(), (x[::50].detach().requires_grad_(),))
-    y = Tanh()(x)  # under autograd: through the sigmoid, native operations
-    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-15)
+    y = Tanh()(x)
+    assert torch.equal(y, torch.tanh(x))  # under autograd: torch.tanh itself
     (g,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(g, 1 - torch.tanh(x).pow(2), rtol=0, atol=1e-14)
     x32 = x.detach().float()
-    exact = torch.tanh(x32.double())
-    assert (Tanh()(x32).double() - exact).abs().max() < 2e-7
+    assert (Tanh()(x32).double() - torch.tanh(x32.double())).abs().max() < 2e-7
     assert torch.equal(Tanh()(x32), tanh_(x32.clone()))  # without: the evaluator's numbers
-    x32.requires_grad_()
-    y32 = Tanh()(x32)
-    assert (y32.double() - exact).abs().max() < 2e-7
-    (g32,) = torch.autograd.grad(y32.sum(), x32)
-    assert (g32.double() - (1 - exact.pow(2))).abs().max() < 5e-7
 
 
 def log_sigmoid(u: torch.Tensor) -> torch.Tensor:

@@ -47,24 +47,19 @@ def tanh_(x: Tensor) -> Tensor:
 
 
 class Tanh(nn.Tanh):
-    """``nn.Tanh`` computed through the sigmoid on a CPU, ``2 sigmoid(2x) - 1``.
+    """``nn.Tanh``; without autograd on a CPU computed through the sigmoid (:func:`tanh_`),
+    as the evaluator computes it.
 
-    Without autograd in place (:func:`tanh_`, the evaluator's hot loop). Under autograd
-    with native operations, so that autograd's own nodes differentiate it: four
-    operations forward and three backward instead of tanh's one each, which cost less
-    than PyTorch's CPU tanh (~5x its sigmoid on ``[128, 200]``): measured on the training
-    step of the 784-200-200-50 tanh model (steps interleaved with the ``torch.tanh``
-    version): forward -180 µs, backward +80 µs a step, ~1.5% faster. (An autograd
-    function with tanh's backward was slower: its Python node costs more than it saves.)
-    Elsewhere ``torch.tanh``.
+    Under autograd it is ``torch.tanh``: in a training step the sigmoid form's extra
+    operations (a copy, two scalings, its own backward node) cost more than the slower
+    transcendental saves at these sizes (measured: the tanh model's step ran at 0.88-0.89x
+    a plain PyTorch loop of the same math through the sigmoid, 0.92x with ``torch.tanh``;
+    ``benchmarks/train_speed.py --arch burda``, docs/benchmarks.md "Training step").
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return torch.tanh(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            # mul's output is saved by nothing: the -1 can go in place
-            return torch.sigmoid(x.mul(2.0)).mul(2.0).sub_(1.0)
         return tanh_(x.clone())
 
 
