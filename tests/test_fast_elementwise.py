@@ -150,3 +150,52 @@ def test_sum_log_sigmoid_takes_the_safe_path_where_a_block_would_underflow():
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-3)
     assert got[1] < -16 * 79  # not lost to the underflow
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_mlp_computes_what_its_layers_compute_with_the_same_gradients(activation):
+    # under autograd MLP runs Linear/Tanh/ReLU as functions rather than module calls: its
+    # outputs and gradients must be the nn.Sequential's of the same layers, bit for bit
+    from torch import nn
+
+    from aevb.models.networks import MLP, mlp
+
+    torch.manual_seed(0)
+    net = mlp([12, 9, 7, 5], activation)
+    assert isinstance(net, MLP)
+    assert list(net.state_dict()) == list(nn.Sequential(*net).state_dict())
+    x = torch.randn(6, 12)
+    for leaf in (False, True):  # the data itself, or a reparameterised sample, as input
+        xs = [x.clone().requires_grad_(leaf) for _ in range(2)]
+        outs = [net(xs[0]), nn.Sequential(*net)(xs[1])]
+        assert torch.equal(outs[0], outs[1])
+        grads = [
+            torch.autograd.grad(o.square().sum(), [*net.parameters()] + ([xi] if leaf else []))
+            for o, xi in zip(outs, xs, strict=True)
+        ]
+        for a, b in zip(*grads, strict=True):
+            assert torch.equal(a, b)
+    with torch.no_grad():
+        assert torch.equal(net(x), nn.Sequential(*net)(x))
+
+
+def test_mlp_calls_hooked_layers_as_modules():
+    from torch import nn
+
+    from aevb.models.networks import mlp
+
+    net = mlp([4, 3, 2], "tanh")
+    seen = []
+    handle = net[1].register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    net(torch.randn(2, 4, requires_grad=True))
+    handle.remove()
+    assert seen == ["Tanh"]
+    # a hook on every module (as profilers and debuggers register) reaches every layer
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(type(m).__name__)
+    )
+    try:
+        net(torch.randn(2, 4, requires_grad=True))
+    finally:
+        handle.remove()
+    assert seen[1:] == ["Linear", "Tanh", "Linear", "MLP"]

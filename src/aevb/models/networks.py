@@ -22,7 +22,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _modules
 
 from ..errors import ConfigError
 from ..workspace import Workspace, each_group_, linear_into, linear_per_group, per_group
@@ -96,14 +98,70 @@ class Linear(nn.Linear):
         return linear_per_group(x, self.weight, self.bias)
 
 
-def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """``nn.Sequential`` of :class:`Linear` and activation layers (what :func:`mlp` builds).
+
+    Under autograd, a layer whose input requires gradients and that has no hooks runs as
+    its function (``F.linear``, ``torch.tanh``, ``torch.relu``: what its ``forward`` does
+    then) rather than through ``nn.Module.__call__`` and its ``forward``: four Python
+    frames fewer a layer, which on this project's CPU is ~1% of a small model's training
+    step (docs/benchmarks.md, "Training step"). Otherwise (an in-place ReLU, a subclass,
+    any hooks registered globally) each layer is called as a module. Modules, parameters and state dict are
+    the ``nn.Sequential``'s.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _global_hooks():
+            return super().forward(x)
+        grad = torch.is_grad_enabled()
+        for layer in self._modules.values():
+            kind = type(layer)
+            if (
+                not (grad and x.requires_grad and kind in _AS_FUNCTION)
+                or _hooked(layer)
+                or getattr(layer, "inplace", False)
+            ):
+                x = layer(x)
+            elif kind is Linear:
+                x = F.linear(x, layer.weight, layer.bias)
+            else:
+                x = _AS_FUNCTION[kind](x)
+        return x
+
+
+# What a layer's forward computes on an input that requires gradients (on any device).
+_AS_FUNCTION: dict[type[nn.Module], Callable[[Tensor], Tensor] | None] = {
+    Linear: None,  # F.linear with the layer's parameters
+    Tanh: torch.tanh,
+    nn.Tanh: torch.tanh,
+    nn.ReLU: torch.relu,
+}
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+    )
+
+
+def _global_hooks() -> bool:
+    """Whether hooks are registered for every module (``register_module_forward_hook``, ...)."""
+    return bool(
+        _modules._global_forward_hooks
+        or _modules._global_forward_pre_hooks
+        or _modules._global_backward_hooks
+        or _modules._global_backward_pre_hooks
+    )
+
+
+def mlp(sizes: list[int], activation: str) -> MLP:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 def _with_context(h: Tensor, cond: Tensor | None) -> Tensor:
