@@ -299,6 +299,57 @@ def test_a_dying_rank_stops_the_job_and_the_run_resumes(two_proc, tmp_path, monk
     assert state_dicts_equal(_weights(run), _weights(two_proc[0]))
 
 
+# --- skipped steps ---------------------------------------------------------------------------
+NAN_WORKER = """
+import dataclasses, os, torch
+import aevb.objectives as O
+
+_elbo = O.ELBO.__call__
+calls = 0
+
+def elbo(self, model, x, y, eps, hyper, train=True):
+    global calls
+    out = _elbo(self, model, x, y, eps, hyper, train)
+    if torch.is_grad_enabled():  # a training step, not validation
+        calls += 1
+        if calls in (2, 5) and os.environ.get("RANK", "0") == "0":  # one rank's loss only
+            nan = torch.full_like(out.loss, float("nan"))
+            out = dataclasses.replace(out, loss=out.loss + nan, neg_elbo=out.neg_elbo + nan)
+    return out
+
+O.ELBO.__call__ = elbo
+from aevb.cli import main
+raise SystemExit(main())
+"""
+
+
+def test_skipped_steps_are_counted_once_whatever_the_world_size(tmp_path, monkeypatch):
+    # steps 2 and 5 get a NaN loss on rank 0: both ranks skip them, and the run counts 2
+    # skipped steps, as one process does (it counted them once per rank)
+    script = tmp_path / "nan_worker.py"
+    script.write_text(NAN_WORKER)
+    launch_aevb = distributed.torchrun_command
+
+    def launch_script(nproc: int, argv: list[str]) -> list[str]:
+        cmd = launch_aevb(nproc, argv)
+        i = cmd.index("aevb")
+        return cmd[: i - 1] + [str(script)] + cmd[i + 1 :]
+
+    monkeypatch.setattr(distributed, "torchrun_command", launch_script)
+    run2, run1 = tmp_path / "two", tmp_path / "one"
+    args = [*SMALL, "--steps", str(STEPS)]
+    assert main(["train", "--nproc", "2", *args, "--out", str(run2)]) == 0
+    one = subprocess.run(
+        [sys.executable, str(script), "train", *args, "--out", str(run1)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one.returncode == 0, one.stderr
+    for run in (run1, run2):
+        assert [r["skipped_steps"] for r in ckpt.read_metrics(run)] == [1, 1, 2]
+
+
 # --- launcher checks that need no processes -------------------------------------------------
 def test_global_batch_must_split_over_the_processes(tmp_path):
     res = run_cli("train", "--nproc", "2", *SMALL, "--batch-size", "33", "--out", tmp_path / "r")

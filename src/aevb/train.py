@@ -544,7 +544,7 @@ def _run(s: Session, stop: _StopFlag, bar: tqdm, clock: Clock) -> None:
             if epoch_done or prog.step >= s.n_steps:
                 _end_epoch(s, acc, skipped, epoch_done, clock)
             elif stop:  # stopped mid-epoch: count its skipped steps before saving
-                prog.skipped_steps += int(distributed.all_reduce_sum(skipped.clone()))
+                prog.skipped_steps += skipped
             if stop:
                 break
     except KeyboardInterrupt:  # a second Ctrl-C: no time to save
@@ -566,11 +566,12 @@ def _run(s: Session, stop: _StopFlag, bar: tqdm, clock: Clock) -> None:
 
 def _train_epoch(
     s: Session, stop: _StopFlag, bar: tqdm, clock: Clock
-) -> tuple[MeanAccumulator, Tensor]:
+) -> tuple[MeanAccumulator, int]:
     """Steps of the current epoch until it ends, training ends, or a stop is agreed.
 
     Returns the epoch's accumulated per-example terms and the number of skipped steps
-    (a device tensor). The hot loop has no host sync except every ``log_every`` steps.
+    (the same on every rank: the ranks agree on each step's flag). The hot loop has no
+    host sync except every ``log_every`` steps.
     """
     prog, tc, ctx, device = s.prog, s.config.train, s.ctx, s.ctx.device
     noise = s.model.latent.noise
@@ -645,7 +646,7 @@ def _train_epoch(
             stop.signum = stop.signum or signal.SIGINT
             break
     _check_divergence(s, skips, prog.step - epoch_start)
-    return acc, torch.tensor(float(skips.skipped), device=device)
+    return acc, skips.skipped
 
 
 def _track_steps(
@@ -743,11 +744,11 @@ def _largest_weight(model: nn.Module) -> float:
 
 
 def _end_epoch(
-    s: Session, acc: MeanAccumulator, skipped: Tensor, epoch_done: bool, clock: Clock
+    s: Session, acc: MeanAccumulator, skipped: int, epoch_done: bool, clock: Clock
 ) -> None:
     """Validate, log one metrics line, apply early stopping, checkpoint."""
     prog, tc = s.prog, s.config.train
-    prog.skipped_steps += int(distributed.all_reduce_sum(skipped.clone()))
+    prog.skipped_steps += skipped
     if epoch_done:
         prog.epoch += 1
         prog.epoch_start_step = prog.step
