@@ -58,7 +58,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aevb import RunConfig, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import BINARIZED_MNIST  # noqa: E402  (benchmarks/_machine.py)
+
+from aevb import RunConfig, build_model  # noqa: E402
 from aevb.data import Dataset, DatasetInfo
 from aevb.evaluate import evaluate
 from aevb.objectives import importance_terms
@@ -76,10 +79,7 @@ ARCHS = {
     ),
 }
 BOUND = "torch.mm alone at the decoder's shapes (bound)"
-SHARED = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared/data/binarized_mnist/binarized_mnist_test.amat.gz"
-)
+SHARED = BINARIZED_MNIST / "binarized_mnist_test.amat.gz"
 
 
 def load_data(n: int) -> tuple[torch.Tensor, str]:
@@ -321,6 +321,10 @@ def main() -> None:
         "speedup vs per-example (tuned) >= 1.5": tuned >= 1.5,
         "speedup_cpu_time vs per-example (tuned) >= 1.5": tuned_cpu >= 1.5,
     }
+    if torch.device(args.device).type == "cuda":  # the GPU target (H100-class)
+        out["targets"]["10,000 test images at K=5000 in < 10 s (GPU)"] = (
+            args.k == 5000 and out["full_test_set_seconds_estimate"] < 10
+        )
     if args.json:
         print(json.dumps(out))
         return
