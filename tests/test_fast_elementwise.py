@@ -199,3 +199,15 @@ def test_mlp_calls_hooked_layers_as_modules():
     finally:
         handle.remove()
     assert seen[1:] == ["Linear", "Tanh", "Linear", "MLP"]
+    # a layer compiled on its own (nn.Module.compile) is called as a module: compiled
+    compiled = []
+
+    def backend(graph, example_inputs):
+        compiled.append(len(example_inputs))
+        return graph.forward
+
+    net[2].compile(backend=backend)
+    x = torch.randn(2, 4, requires_grad=True)
+    out = net(x)
+    assert compiled
+    assert torch.equal(out, nn.Sequential(*net)(x))

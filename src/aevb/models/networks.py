@@ -106,12 +106,14 @@ class MLP(nn.Sequential):
     then) rather than through ``nn.Module.__call__`` and its ``forward``: four Python
     frames fewer a layer, which on this project's CPU is ~1% of a small model's training
     step (docs/benchmarks.md, "Training step"). Otherwise (an in-place ReLU, a subclass,
-    any hooks registered globally) each layer is called as a module. Modules, parameters and state dict are
-    the ``nn.Sequential``'s.
+    a layer compiled on its own with ``layer.compile()``, hooks registered globally, under
+    ``torch.jit.trace``) each layer is called as a module. Modules, parameters and state
+    dict are the ``nn.Sequential``'s. (A profiler's module labels then show the MLP, not
+    its layers.)
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if _global_hooks():
+        if _global_hooks() or torch.jit.is_tracing():
             return super().forward(x)
         grad = torch.is_grad_enabled()
         for layer in self._modules.values():
@@ -139,8 +141,13 @@ _AS_FUNCTION: dict[type[nn.Module], Callable[[Tensor], Tensor] | None] = {
 
 
 def _hooked(m: nn.Module) -> bool:
+    """Whether calling ``m`` does more than its ``forward``: hooks, or its own compile."""
     return bool(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or m._backward_hooks
+        or m._backward_pre_hooks
+        or getattr(m, "_compiled_call_impl", None) is not None
     )
 
 
