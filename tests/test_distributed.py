@@ -264,9 +264,8 @@ raise SystemExit(main())
 """
 
 
-def test_a_dying_rank_stops_the_job_and_the_run_resumes(two_proc, tmp_path, monkeypatch, capfd):
-    script = tmp_path / "dying_worker.py"
-    script.write_text(DYING_WORKER)
+def _workers_run(script: Path, monkeypatch) -> None:
+    """``--nproc`` launches ``script`` (a patched aevb) in each worker instead of aevb."""
     launch_aevb = distributed.torchrun_command
 
     def launch_script(nproc: int, argv: list[str]) -> list[str]:
@@ -274,8 +273,14 @@ def test_a_dying_rank_stops_the_job_and_the_run_resumes(two_proc, tmp_path, monk
         i = cmd.index("aevb")
         return cmd[: i - 1] + [str(script)] + cmd[i + 1 :]
 
-    run = tmp_path / "killed"
     monkeypatch.setattr(distributed, "torchrun_command", launch_script)
+
+
+def test_a_dying_rank_stops_the_job_and_the_run_resumes(two_proc, tmp_path, monkeypatch, capfd):
+    script = tmp_path / "dying_worker.py"
+    script.write_text(DYING_WORKER)
+    run = tmp_path / "killed"
+    _workers_run(script, monkeypatch)
     t0 = time.perf_counter()
     code = main(["train", "--nproc", "2", *SMALL, "--steps", str(STEPS), "--out", str(run)])
     elapsed = time.perf_counter() - t0
@@ -328,14 +333,7 @@ def test_skipped_steps_are_counted_once_whatever_the_world_size(tmp_path, monkey
     # skipped steps, as one process does (it counted them once per rank)
     script = tmp_path / "nan_worker.py"
     script.write_text(NAN_WORKER)
-    launch_aevb = distributed.torchrun_command
-
-    def launch_script(nproc: int, argv: list[str]) -> list[str]:
-        cmd = launch_aevb(nproc, argv)
-        i = cmd.index("aevb")
-        return cmd[: i - 1] + [str(script)] + cmd[i + 1 :]
-
-    monkeypatch.setattr(distributed, "torchrun_command", launch_script)
+    _workers_run(script, monkeypatch)
     run2, run1 = tmp_path / "two", tmp_path / "one"
     args = [*SMALL, "--steps", str(STEPS)]
     assert main(["train", "--nproc", "2", *args, "--out", str(run2)]) == 0
