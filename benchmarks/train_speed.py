@@ -71,7 +71,6 @@ from aevb import Dataset, DatasetInfo, RunConfig  # noqa: E402
 
 BOUND = "torch.mm alone at the step's shapes (bound)"
 PLAIN = "the same math as a plain PyTorch loop"
-SHARED = BINARIZED_MNIST
 D = 784
 ARCHS = {
     # name: (hidden widths, latent size, activation)
@@ -91,7 +90,7 @@ def layers(arch: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
 
 def load_data(n: int) -> tuple[torch.Tensor, str]:
     """``[n, 784]`` binary float32: binarized MNIST train (the .amat text file), or synthetic."""
-    path = SHARED / "binarized_mnist_train.amat.gz"
+    path = BINARIZED_MNIST / "binarized_mnist_train.amat.gz"
     if path.exists():
         with gzip.open(path, "rb") as f:
             chars = np.frombuffer(f.read(), dtype=np.uint8)
