@@ -319,3 +319,28 @@ def test_elbo_averages_samples_once_and_beta_weights_only_the_loss():
     torch.testing.assert_close(out.recon_nll, torch.tensor([2.0, 3.0], dtype=DT))
     torch.testing.assert_close(out.neg_elbo, torch.tensor([2.5, 5.0], dtype=DT))
     torch.testing.assert_close(out.loss, torch.tensor([4.0, 11.0], dtype=DT))
+
+
+def test_gaussian_posterior_and_prior_densities_are_torch_distributions():
+    """The Gaussian pair's densities in their fast forms (log q(mu|x) once per posterior,
+    then -|eps|^2 / 2 a sample; z = mu + sigma eps as one addcmul) against
+    torch.distributions, for [S, B, D] samples."""
+    from aevb.latents import DiagonalGaussian, StandardNormal
+
+    g = _gen(3)
+    mu, logvar = torch.randn(5, 4, generator=g, dtype=DT), torch.randn(5, 4, generator=g, dtype=DT)
+    eps = torch.randn(7, 5, 4, generator=g, dtype=DT)
+    q = DiagonalGaussian(mu, logvar)
+    normal_q = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+    z, log_q = q.sample_and_log_prob(eps)
+    torch.testing.assert_close(z, mu + (0.5 * logvar).exp() * eps, rtol=0, atol=1e-14)
+    torch.testing.assert_close(log_q, normal_q.log_prob(z), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.log_prob(z), log_q, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.log_prob_at_mean, normal_q.log_prob(mu), rtol=1e-12, atol=1e-12)
+    z_g, log_q_g = q.sample_and_log_prob(eps, groups=True)
+    assert torch.equal(z_g, z) and torch.equal(log_q_g, log_q.unsqueeze(-1))
+    assert q.std is q.std  # sigma once per posterior
+    p = StandardNormal(4, dtype=DT)
+    standard = Independent(Normal(torch.zeros(4, dtype=DT), torch.ones(4, dtype=DT)), 1)
+    torch.testing.assert_close(p.log_prob(z), standard.log_prob(z), rtol=1e-12, atol=1e-12)
+    assert torch.equal(p.log_prob(z, groups=True), p.log_prob(z).unsqueeze(-1))

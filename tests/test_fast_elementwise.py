@@ -211,3 +211,72 @@ def test_mlp_calls_hooked_layers_as_modules():
     out = net(x)
     assert compiled
     assert torch.equal(out, nn.Sequential(*net)(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "activations", [("tanh", "tanh"), ("relu", "tanh"), ("tanh", "relu"), ("tanh",), ("relu",)]
+)
+def test_folded_layers_compute_the_same_numbers_bit_for_bit(activations, dtype):
+    """tanh's scalings (x2 in, 2 s - 1 out) folded into the weights: every matmul and sigmoid
+    sees the same numbers doubled or halved exactly, so the features are the unfolded
+    path's, bit for bit (odd widths, rows off alignment, several groups)."""
+    from torch import nn
+
+    from aevb.models.networks import ACTIVATIONS, Linear, folded_layers, tanh_
+
+    torch.manual_seed(len(activations))
+    sizes = [7, 33, 13, 5][: len(activations) + 1]
+    layers: list[nn.Module] = []
+    for a, b, act in zip(sizes[:-1], sizes[1:], activations, strict=True):
+        layers += [Linear(a, b).to(dtype), ACTIVATIONS[act]()]
+    x = torch.randn(3 * group_size(45) + 1, 45, 7, dtype=dtype)[1:] * 3
+    with torch.no_grad():
+        h = x
+        for i in range(0, len(layers), 2):  # the unfolded path: linear, then tanh_/relu_
+            h = linear_into(Workspace(), i, h, layers[i].weight, layers[i].bias)
+            h = tanh_(h) if activations[i // 2] == "tanh" else h.relu_()
+        folded = folded_layers(layers)
+        assert folded is not None and len(folded) == len(activations)
+        ws, f = Workspace(), x
+        for i, (w, b, act) in enumerate(folded):
+            f = act(linear_into(ws, i, f, w, b))
+    assert torch.equal(f, h)
+    # the doubled weights are exact copies scaled by powers of two, the parameters untouched
+    if activations[0] == "tanh":
+        assert torch.equal(folded[0][0], 2 * layers[0].weight)
+        assert torch.equal(folded[0][1], 2 * layers[0].bias)
+    if activations == ("tanh", "tanh"):
+        assert torch.equal(folded[1][0], 4 * layers[2].weight)
+
+
+def test_folded_layers_leave_other_stacks_alone():
+    from torch import nn
+
+    from aevb.models.networks import Linear, Tanh, folded_layers
+
+    assert folded_layers([Linear(3, 2), nn.ELU()]) is None  # no in-place form to fold
+    assert folded_layers([Linear(3, 2)]) is None  # not (Linear, activation) pairs
+    assert folded_layers([]) is None
+    hooked = Tanh()
+    hooked.register_forward_hook(lambda m, i, o: None)
+    assert folded_layers([Linear(3, 2), hooked]) is None  # a hook must see its calls
+
+
+def test_decoder_features_fold_on_the_cpu_without_autograd_only():
+    from aevb.models.networks import MLPDecoder
+
+    torch.manual_seed(0)
+    dec = MLPDecoder((4,), (9, 11), 6, "tanh", (4,))
+    hidden = dec.net[:-1]
+    z = torch.randn(3, 70, 6)
+    ws = Workspace()
+    with torch.no_grad():
+        fast = dec.features(z, ws)
+        assert torch.equal(fast, dec.features(z))  # the module calls: tanh_ layer by layer
+        exact = torch.tanh(dec.net[2](torch.tanh(dec.net[0](z))))
+        assert (fast - exact).abs().max() < 1e-6
+        folded = ws.memo("folded", lambda: None)  # made by the first call, kept
+        assert folded is not None and torch.equal(folded[0][0], 2 * dec.net[0].weight)
+    zg = z.clone().requires_grad_()
+    assert torch.equal(dec.features(zg, ws), hidden(zg))  # under autograd: torch.tanh

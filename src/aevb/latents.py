@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -299,17 +300,25 @@ class DiagonalGaussian(Posterior):
     def noise(self) -> NoiseSpec:  # type: ignore[override]
         return NoiseSpec("normal", (self.mu.shape[-1],))
 
-    @property
+    @cached_property
     def std(self) -> Tensor:
+        """``[B, D]`` sigma, computed once per posterior (the estimator draws many chunks)."""
         return torch.exp(0.5 * self.logvar)
 
+    @cached_property
+    def log_prob_at_mean(self) -> Tensor:
+        """``[B]`` log q(mu|x) = -(D log 2 pi + sum_j log sigma_j^2) / 2: the part of log q
+        that does not depend on the sample."""
+        return -0.5 * (self.logvar.shape[-1] * LOG_2PI + self.logvar.sum(-1))
+
     def rsample(self, eps: Tensor, temperature: float | None = None) -> Tensor:
-        return self.mu + self.std * eps
+        return torch.addcmul(self.mu, self.std, eps)  # mu + sigma * eps, one pass
 
     def sample_and_log_prob(self, eps: Tensor, groups: bool = False) -> tuple[Tensor, Tensor]:
-        # (z - mu) / sigma is eps itself: log q needs no division, and no cancellation.
+        # (z - mu) / sigma is eps itself: log q needs no division, and no cancellation;
+        # log q(z|x) = log q(mu|x) - |eps|^2 / 2, two passes over the samples
         z = self.rsample(eps)
-        log_q = -0.5 * (LOG_2PI + self.logvar + eps.pow(2)).sum(-1)
+        log_q = self.log_prob_at_mean - 0.5 * eps.square().sum(-1)
         return z, (log_q.unsqueeze(-1) if groups else log_q)
 
     rsample_and_log_prob = sample_and_log_prob  # the same expression, differentiable
@@ -335,7 +344,7 @@ class StandardNormal(Prior):
         self.dim, self.device, self.dtype = dim, torch.device(device), dtype
 
     def log_prob(self, z: Tensor, groups: bool = False) -> Tensor:
-        log_p = (-0.5 * (LOG_2PI + z.pow(2))).sum(-1)
+        log_p = -0.5 * z.square().sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
         return log_p.unsqueeze(-1) if groups else log_p
 
     def sample(

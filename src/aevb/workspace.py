@@ -36,9 +36,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+T = TypeVar("T")
 
 ALIGN_BYTES = 64  # a cache line, and what PyTorch's CPU allocator aligns to
 GROUP_ROWS = 64  # a group has at least this many rows: matmuls of fewer lose speed
@@ -66,6 +69,15 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[Hashable, Tensor] = {}
+        self._memos: dict[Hashable, object] = {}
+
+    def memo(self, key: Hashable, make: Callable[[], T]) -> T:
+        """``make()``, computed on the first call for ``key`` and kept for the workspace's
+        life (e.g. weights scaled for the hot loop: valid while the parameters they come
+        from do not change, as during one evaluation batch)."""
+        if key not in self._memos:
+            self._memos[key] = make()
+        return self._memos[key]  # type: ignore[return-value]
 
     def empty(self, key: Hashable, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device."""
