@@ -289,7 +289,7 @@ def folded_layers(layers: list[nn.Module]) -> list[FoldedLayer] | None:
     floating point and commutes with rounding, so every matmul and sigmoid sees the same
     numbers, doubled or halved exactly. The last layer returns the activation itself
     (``tanh(x / 2)`` from the doubled pre-activation), so what follows is unchanged.
-    On the tanh decoder of Burda et al. this is ~2-3% of an importance-sampled evaluation
+    On the tanh decoder of Burda et al. this is ~1.5% of an importance-sampled evaluation
     (docs/benchmarks.md, "Importance-sampled evaluation").
     """
     if len(layers) % 2 or not layers:
