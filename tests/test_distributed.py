@@ -286,7 +286,9 @@ def test_a_dying_rank_stops_the_job_and_the_run_resumes(two_proc, tmp_path, monk
     elapsed = time.perf_counter() - t0
     err = capfd.readouterr().err
     assert code != 0
-    assert elapsed < 60
+    # promptly (~11 s here): a hang would wait out the collectives' 300 s timeout; the margin
+    # is for a loaded CI machine (60 s failed once beside a benchmark)
+    assert elapsed < 150
     assert "local_rank: 1" in err and "SIGKILL" in err  # torchrun names the rank that died
     last = err.strip().splitlines()[-1]
     assert last.startswith("aevb train: error: the 2-process run stopped")
