@@ -278,5 +278,9 @@ def test_decoder_features_fold_on_the_cpu_without_autograd_only():
         assert (fast - exact).abs().max() < 1e-6
         folded = ws.memo("folded", lambda: None)  # made by the first call, kept
         assert folded is not None and torch.equal(folded[0][0], 2 * dec.net[0].weight)
+        # the folded path ran: the first hidden layer's buffer holds half its activation
+        first = ws.empty(0, (3, 70, 11), like=z)  # a view of that buffer, as last written
+        h1 = torch.tanh(dec.net[0](z))
+        assert (first - h1 / 2).abs().max() < 1e-6
     zg = z.clone().requires_grad_()
     assert torch.equal(dec.features(zg, ws), hidden(zg))  # under autograd: torch.tanh

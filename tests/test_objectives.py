@@ -238,3 +238,27 @@ def test_hierarchical_posterior_samples_and_densities_agree():
         "z1": slice(0, 3),
         "z2": slice(3, 5),
     }
+
+
+@pytest.mark.parametrize("objective, samples", [(ELBO(samples=1), 1), (IWAE(k=5), 5)])
+def test_the_training_step_traces_as_one_graph(objective, samples):
+    """``--compile true`` compiles the whole step: nothing in it (the posterior's cached
+    sigma included) may split the graph, or the compiled step runs slower than eager."""
+    import torch._dynamo as dynamo
+
+    from aevb import RunConfig, build_model
+    from aevb.train import TrainStep
+
+    torch.manual_seed(0)
+    model = build_model(
+        RunConfig().replace(
+            input_shape=(10,), latent_dim=3, hidden=(16,), likelihood="bernoulli", activation="tanh"
+        )
+    )
+    x = (torch.rand(8, 10) < 0.4).float()
+    dynamo.reset()
+    explained = dynamo.explain(TrainStep(model, objective))(
+        x, None, torch.randn(samples, 8, 3), {"beta": 1.0}
+    )
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

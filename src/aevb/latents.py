@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -300,19 +299,32 @@ class DiagonalGaussian(Posterior):
     def noise(self) -> NoiseSpec:  # type: ignore[override]
         return NoiseSpec("normal", (self.mu.shape[-1],))
 
-    @cached_property
+    # sigma and log q(mu|x) are computed once per posterior (the estimator draws many chunks
+    # from one) and kept in the instance's __dict__ by hand: functools.cached_property takes
+    # a lock on Python 3.11 that torch.compile cannot trace (a graph break per access in
+    # the compiled training step)
+    @property
     def std(self) -> Tensor:
-        """``[B, D]`` sigma, computed once per posterior (the estimator draws many chunks)."""
-        return torch.exp(0.5 * self.logvar)
+        """``[B, D]`` sigma."""
+        std = self.__dict__.get("_std")
+        if std is None:
+            std = self.__dict__["_std"] = torch.exp(0.5 * self.logvar)
+        return std
 
-    @cached_property
+    @property
     def log_prob_at_mean(self) -> Tensor:
         """``[B]`` log q(mu|x) = -(D log 2 pi + sum_j log sigma_j^2) / 2: the part of log q
         that does not depend on the sample."""
-        return -0.5 * (self.logvar.shape[-1] * LOG_2PI + self.logvar.sum(-1))
+        at_mean = self.__dict__.get("_log_prob_at_mean")
+        if at_mean is None:
+            at_mean = -0.5 * (self.logvar.shape[-1] * LOG_2PI + self.logvar.sum(-1))
+            self.__dict__["_log_prob_at_mean"] = at_mean
+        return at_mean
 
     def rsample(self, eps: Tensor, temperature: float | None = None) -> Tensor:
-        return torch.addcmul(self.mu, self.std, eps)  # mu + sigma * eps, one pass
+        # a multiply and an add (exact IEEE operations, the same numbers wherever an element
+        # sits), not addcmul: whether its kernel fuses them into an FMA depends on the CPU
+        return self.mu + self.std * eps
 
     def sample_and_log_prob(self, eps: Tensor, groups: bool = False) -> tuple[Tensor, Tensor]:
         # (z - mu) / sigma is eps itself: log q needs no division, and no cancellation;
