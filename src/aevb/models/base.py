@@ -145,7 +145,9 @@ class LatentVariableModel(nn.Module):
         For many calls with the same x (the estimator's chunks of samples): a model may do
         per-example work once here and fuse its decoder with the likelihood (see
         :func:`~aevb.models.networks.decoder_log_likelihood`). Equal to
-        :meth:`log_likelihood` up to float rounding; that is the default.
+        :meth:`log_likelihood` up to float rounding; that is the default. The function
+        may keep what it derived from the parameters (e.g. scaled weights): make a new one
+        after the parameters change.
         """
         return lambda z: self.log_likelihood(x, z, y)
 

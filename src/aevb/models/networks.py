@@ -526,7 +526,10 @@ def decoder_log_likelihood(
 
     An MLP decoder's last layer is fused with the likelihood where the likelihood offers it
     (:meth:`~aevb.likelihoods.Likelihood.linear_log_prob`, the Bernoulli does), with the
-    per-example work done here, once; otherwise params are decoded and scored.
+    per-example work done here, once; otherwise params are decoded and scored. Without
+    autograd on a CPU the hidden layers run folded (:func:`folded_layers`), their scaled
+    weights made on the first call and kept: the function is for one batch under fixed
+    parameters, as the estimator uses it.
     """
     if isinstance(decoder, MLPDecoder):
         fused = likelihood.linear_log_prob(x, decoder.head.weight, decoder.head.bias)
