@@ -285,6 +285,19 @@ def kl_divergence(q: Posterior, p: Prior) -> KLTerms | None:
     return None
 
 
+def _kept(obj: object, name: str, make: Callable[[], Tensor]) -> Tensor:
+    """``make()``, computed on the first call and kept in ``obj.__dict__[name]``.
+
+    By hand rather than ``functools.cached_property``: on Python 3.11 that takes a lock
+    which torch.compile cannot trace (a graph break per access in the compiled training
+    step; ``tests/test_objectives.py`` checks that the step traces as one graph).
+    """
+    value = obj.__dict__.get(name)
+    if value is None:
+        value = obj.__dict__[name] = make()
+    return value
+
+
 # --- the Gaussian pair ------------------------------------------------------------------
 @dataclass
 class DiagonalGaussian(Posterior):
@@ -299,27 +312,18 @@ class DiagonalGaussian(Posterior):
     def noise(self) -> NoiseSpec:  # type: ignore[override]
         return NoiseSpec("normal", (self.mu.shape[-1],))
 
-    # sigma and log q(mu|x) are computed once per posterior (the estimator draws many chunks
-    # from one) and kept in the instance's __dict__ by hand: functools.cached_property takes
-    # a lock on Python 3.11 that torch.compile cannot trace (a graph break per access in
-    # the compiled training step)
+    # sigma and log q(mu|x): once per posterior (the estimator draws many chunks from one)
     @property
     def std(self) -> Tensor:
         """``[B, D]`` sigma."""
-        std = self.__dict__.get("_std")
-        if std is None:
-            std = self.__dict__["_std"] = torch.exp(0.5 * self.logvar)
-        return std
+        return _kept(self, "_std", lambda: torch.exp(0.5 * self.logvar))
 
     @property
     def log_prob_at_mean(self) -> Tensor:
         """``[B]`` log q(mu|x) = -(D log 2 pi + sum_j log sigma_j^2) / 2: the part of log q
         that does not depend on the sample."""
-        at_mean = self.__dict__.get("_log_prob_at_mean")
-        if at_mean is None:
-            at_mean = -0.5 * (self.logvar.shape[-1] * LOG_2PI + self.logvar.sum(-1))
-            self.__dict__["_log_prob_at_mean"] = at_mean
-        return at_mean
+        d = self.logvar.shape[-1]
+        return _kept(self, "_log_prob_at_mean", lambda: -0.5 * (d * LOG_2PI + self.logvar.sum(-1)))
 
     def rsample(self, eps: Tensor, temperature: float | None = None) -> Tensor:
         # a multiply and an add (exact IEEE operations, the same numbers wherever an element
