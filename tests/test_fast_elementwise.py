@@ -4,18 +4,23 @@ On a CPU the evaluator computes ``sum_d softplus(t_d)`` through the sigmoid (pro
 ``sigmoid(|t|)`` in blocks, one log per block) and tanh as ``2 sigmoid(2x) - 1``: both must
 equal the exact functions to float64 rounding in float64, stay within the float32 error
 the docstrings state, never under- or overflow at any magnitude, and leave the reused
-buffers of :class:`aevb.workspace.Workspace` equal to a fresh computation.
+buffers of :class:`aevb.workspace.Workspace` equal to a fresh computation. The float32
+matmuls of the hot loop run on oneDNN's linear where it works (x86-64 builds): it must
+give F.linear's numbers to float32 rounding, and torch.mm must take over where it does not.
 """
 
 from __future__ import annotations
+
+import platform
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from aevb import workspace
 from aevb.distributions import sum_log_sigmoid_, sum_softplus_
 from aevb.models.networks import tanh_
-from aevb.workspace import Workspace, group_size, linear_into
+from aevb.workspace import Workspace, group_size, linear_into, onednn_linear
 
 
 def softplus(t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +72,68 @@ def test_tanh_in_place_is_tanh():
     torch.testing.assert_close(tanh_(x64.clone()), torch.tanh(x64), rtol=0, atol=1e-15)
 
 
-def test_linear_into_equals_linear_and_reuses_its_buffer():
+def test_onednn_linear_is_linear_to_float32_rounding():
+    """oneDNN's linear, which the evaluator's float32 matmuls use on a CPU, against F.linear
+    in float64: within the error bound of a float32 dot product of that length, at the
+    decoders' shapes (narrow and wide outputs, odd row counts)."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert workspace._onednn_works()  # it is in every x86-64 build of torch
+    elif not workspace._onednn_works():
+        pytest.skip("no oneDNN linear in this build: torch.mm is used (tested below)")
+    g = torch.Generator().manual_seed(0)
+    for rows, f, o in ((70, 33, 17), (500, 50, 200), (129, 200, 784), (64, 400, 1), (3, 7, 5)):
+        h, w, b = (torch.randn(*s, generator=g) for s in ((rows, f), (o, f), (o,)))
+        exact = F.linear(h.double(), w.double(), b.double())
+        for bias in (b, None):
+            got = onednn_linear(h, w, bias)
+            want = exact if bias is not None else exact - b.double()
+            assert got.shape == (rows, o) and got.dtype == torch.float32
+            # |error| <= f eps sum_j |h_j w_j| (+ the bias), eps = 6e-8
+            scale = h.double().abs() @ w.double().abs().t() + b.double().abs()
+            assert ((got.double() - want).abs() <= 1e-7 * (f + 1) * scale).all()
+
+
+def test_without_onednn_the_matmuls_are_torch_mm(monkeypatch):
+    monkeypatch.setattr(workspace, "_onednn_works", lambda: False)
+    w, b = torch.randn(13, 5), torch.randn(13)
+    for h in (torch.randn(700, 5), torch.randn(3, 4, 5), torch.randn(3, 300, 5)):
+        with torch.no_grad():
+            assert torch.equal(linear_into(Workspace(), "a", h, w, b), F.linear(h, w, b))
+
+
+def test_onednn_is_used_where_it_applies(monkeypatch):
+    """float32 CPU matmuls of at least ONEDNN_MIN_ROWS rows through a layer of at least
+    ONEDNN_MIN_FEATURES features in and out, without autograd, go to oneDNN (a chunk of one
+    group: its fresh result); smaller ones, narrower ones, float64 and autograd keep
+    torch.mm."""
+    if not workspace._onednn_works():
+        pytest.skip("no oneDNN linear in this build (torch.mm is tested above)")
+    calls = []
+    real = workspace.onednn_linear
+    monkeypatch.setattr(workspace, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():  # a layer 128 wide on one side and 5 on the other: torch.mm
+        narrow, hn = torch.randn(128, 5), torch.randn(1, 300, 5)
+        assert torch.equal(linear_into(Workspace(), "a", hn, narrow, None), F.linear(hn, narrow))
+        assert not calls
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_FEATURES", 1)
+    w, b = torch.randn(13, 5), torch.randn(13)
+    h = torch.randn(1, 300, 5)
+    with torch.no_grad():
+        out = linear_into(Workspace(), "a", h, w, b)
+        assert len(calls) == 1 and torch.equal(out, real(h[0], w, b).view(1, 300, 13))
+        three = torch.randn(3, 300, 5)  # three groups of 300 rows, each its own call
+        out = linear_into(Workspace(), "a", three, w, b)
+        assert len(calls) == 4 and torch.equal(out[1], real(three[1], w, b))
+        small = torch.randn(3, 4, 5)  # one group of 12 rows
+        assert torch.equal(linear_into(Workspace(), "a", small, w, b), F.linear(small, w, b))
+        linear_into(Workspace(), "a", h.double(), w.double(), b.double())
+        assert len(calls) == 4
+    assert workspace._onednn_applies(h, w)
+    assert not workspace._onednn_applies(h, w.requires_grad_(True))  # autograd: torch.mm
+
+
+def test_linear_into_equals_linear_and_reuses_its_buffer(monkeypatch):
+    monkeypatch.setattr(workspace, "ONEDNN", False)  # torch.mm, into the workspace's buffers
     ws = Workspace()
     w, b = torch.randn(13, 5), torch.randn(13)
     h = torch.randn(3, 4, 5)
@@ -82,14 +148,18 @@ def test_linear_into_equals_linear_and_reuses_its_buffer():
     assert ws.empty("b", (2,), like=torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("outputs", [1, 5, 10, 12, 30])
-def test_a_groups_matmul_does_not_depend_on_the_chunk_it_is_in(outputs, dtype):
+def test_a_groups_matmul_does_not_depend_on_the_chunk_it_is_in(outputs, dtype, onednn, monkeypatch):
     """MKL's kernels depend on the number of rows (float64) and on the rows' alignment
     (float32, < 12 outputs): aevb's layers without autograd compute ``[S, B, F]`` group by
     group of samples, so that a group's numbers are the same in any chunk of whole groups."""
     from aevb.models.networks import Linear
 
+    monkeypatch.setattr(workspace, "ONEDNN", onednn)
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_ROWS", 1)  # every matmul, at these small sizes
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_FEATURES", 1)
     torch.manual_seed(outputs)
     layer = Linear(7, outputs).to(dtype)
     g = group_size(45)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from helpers import make_model
 
+from aevb import workspace
 from aevb.estimators import importance_weighted, sample_noise
 from aevb.objectives import importance_terms
 
@@ -114,7 +115,28 @@ def test_log_px_agrees_with_the_implementation_before_the_fusion(arch):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_float32_estimate_is_bit_identical_whatever_the_chunk_size(arch):
+def test_log_px_with_onednn_agrees_with_torch_mm(arch, monkeypatch):
+    """The float32 matmuls on oneDNN (the default on a CPU where it works) against torch.mm
+    only: the same estimate to 1e-4 nats per example."""
+    model, x = _realistic(arch)
+    monkeypatch.setattr(workspace, "ONEDNN", False)
+    mm = importance_weighted(model, x, 200, chunk_size=256, seed=5)["log_px_iw"]
+    monkeypatch.setattr(workspace, "ONEDNN", True)
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_ROWS", 1)  # every matmul, at these small sizes
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_FEATURES", 1)
+    calls, real = [], workspace.onednn_linear
+    monkeypatch.setattr(workspace, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+    onednn = importance_weighted(model, x, 200, chunk_size=256, seed=5)["log_px_iw"]
+    assert (onednn - mm).abs().max() <= 1e-4, (onednn - mm).abs().max()
+    assert bool(calls) == workspace._onednn_works()  # the oneDNN path ran where it exists
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_float32_estimate_is_bit_identical_whatever_the_chunk_size(arch, onednn, monkeypatch):
+    monkeypatch.setattr(workspace, "ONEDNN", onednn)
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_ROWS", 1)  # every matmul, at these small sizes
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_FEATURES", 1)
     model, x = _realistic(arch)
     x = x[:37]
     ref = importance_weighted(model, x, 301, chunk_size=1 << 20)

@@ -18,7 +18,13 @@ groups in every chunking (the estimators make chunks of whole groups):
   for most shapes; float32 with 1-11 output columns on the input rows' 16-byte alignment;
   the output's alignment does not matter). Each group is one matmul of its ``g * B`` rows,
   copied to a 64-byte boundary where they do not start on one, so each group is the same
-  call whatever the chunking (:func:`linear_into`, :func:`linear_per_group`);
+  call whatever the chunking (:func:`linear_into`, :func:`linear_per_group`). Float32
+  groups of 256 rows or more through layers of 128 features or more in and out go to
+  oneDNN's linear (:func:`onednn_linear`), the same call
+  for the same group whatever the chunking too. That operator returns a fresh tensor, so
+  the MLP decoder of the evaluator's hot loop runs group by group through all its layers
+  (:func:`aevb.models.networks.decoder_log_likelihood`): one group's outputs are freed
+  before the next group's are made, with nothing copied into a chunk-sized buffer;
 * transcendental elementwise functions (:func:`groups`): ATen's vectorised loops compute a
   tensor's last elements, and those where threads split it, with the function's scalar
   form, which differs from the vector form in the last bits; calls on the same block of
@@ -34,6 +40,7 @@ as chunk-independent as cuBLAS's kernel choice (not measured: no GPU was lent).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable
 from typing import TypeVar
@@ -88,7 +95,7 @@ class Workspace:
         return buf[:n].view(shape)
 
 
-def _aligned_rows(t: Tensor) -> Tensor:
+def aligned_rows(t: Tensor) -> Tensor:
     """``t`` ``[..., F]`` as contiguous rows ``[N, F]`` starting on a 64-byte boundary (a copy
     where ``t``'s are not)."""
     rows = t.reshape(-1, t.shape[-1])
@@ -107,27 +114,95 @@ def linear_per_group(
 ) -> Tensor:
     """``h @ weight.T + bias`` for ``[S, B, F]``, one matmul per group of samples: ``[S, B, O]``.
 
-    Each group is one ``addmm`` (the bias added by the matmul, as ``F.linear`` does) of
-    its 64-byte-aligned rows into ``out`` (default: a fresh contiguous tensor), so that a
-    sample's numbers do not depend on S (see the module docstring).
+    Each group is one matmul (the bias added by it, as ``F.linear`` does) of its 64-byte-
+    aligned rows, so that a sample's numbers do not depend on S (see the module docstring),
+    written into ``out`` (default: a fresh contiguous tensor). A chunk of one group that
+    oneDNN computes (:func:`onednn_linear`) is its fresh result, ``out`` unused.
     """
     s, b, _ = h.shape
     o = weight.shape[0]
+    g = _group(h)
+    if s <= g and _onednn_applies(h, weight):
+        return onednn_linear(aligned_rows(h), weight, bias).view(s, b, o)
     if out is None:
         out = h.new_empty((s, b, o))
-    g = _group(h)
     for i in range(0, s, g):
-        _matmul_into(out[i : i + g].view(-1, o), _aligned_rows(h[i : i + g]), weight, bias)
+        _matmul_into(out[i : i + g].view(-1, o), aligned_rows(h[i : i + g]), weight, bias)
     return out
 
 
 def _matmul_into(dest: Tensor, rows: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     """``dest`` ``[N, O]`` = ``rows`` ``[N, F]`` @ ``weight.T`` (+ ``bias``, added by the matmul
-    as ``F.linear`` adds it: one ``addmm``)."""
-    if bias is None:
+    as ``F.linear`` adds it: one ``addmm``; or oneDNN's, copied, where it applies)."""
+    if _onednn_applies(rows, weight):
+        dest.copy_(onednn_linear(rows, weight, bias))
+    elif bias is None:
         torch.mm(rows, weight.t(), out=dest)
     else:
         torch.addmm(bias, rows, weight.t(), out=dest)
+
+
+# oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the operator torch.compile's
+# CPU code calls) runs float32 matmuls of 500-2000 rows 5-20% faster than torch.mm (MKL)
+# on this project's AVX-512 CPU where both of the weight's sides have 200 or more
+# features, and adds the bias without a pass over the output; at 64 rows, or with 20-100
+# features on a side, it is slower (docs/benchmarks.md, "Importance-sampled evaluation").
+# So it takes the matmuls of at least ONEDNN_MIN_ROWS rows and ONEDNN_MIN_FEATURES
+# features in and out. A group's rows are fixed by the batch size and a layer's features
+# by the model, so each group's numbers still do not depend on the chunk. A private operator:
+# used only where it exists and gives F.linear's numbers to float32 rounding (checked
+# once a process), torch.mm otherwise. Set ONEDNN False for torch.mm only
+# (``benchmarks/eval_speed.py --matmul mkl``).
+ONEDNN = True
+ONEDNN_MIN_ROWS = 256
+ONEDNN_MIN_FEATURES = 128
+
+
+def _onednn_applies(rows: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`onednn_linear` computes ``rows @ weight.T`` (``[..., F]``, or a group of
+    ``[S, B, F]``): float32 on a CPU, without autograd, at least ONEDNN_MIN_ROWS rows a
+    matmul and ONEDNN_MIN_FEATURES on each side of the weight, where the operator passed
+    its check."""
+    return (
+        ONEDNN
+        and _rows(rows) >= ONEDNN_MIN_ROWS
+        and min(weight.shape) >= ONEDNN_MIN_FEATURES
+        and rows.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and rows.device.type == "cpu"
+        and weight.is_contiguous()
+        and not (torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad))
+        and _onednn_works()
+    )
+
+
+def _rows(t: Tensor) -> int:
+    """The rows of one matmul over ``t``: a group's of ``[S, B, F]``, else all of ``[..., F]``."""
+    if t.dim() == 3:
+        return min(_group(t), t.shape[0]) * t.shape[1]
+    return t.numel() // max(t.shape[-1], 1)
+
+
+def onednn_linear(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``rows @ weight.T + bias`` by oneDNN: ``[N, F]`` -> a fresh ``[N, O]`` (float32, CPU)."""
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+@functools.cache
+def _onednn_works() -> bool:
+    """oneDNN's linear exists here and matches F.linear on a small problem (once a process)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        gen = torch.Generator().manual_seed(0)
+        rows = torch.randn(70, 33, generator=gen)
+        weight, bias = torch.randn(17, 33, generator=gen), torch.randn(17, generator=gen)
+        with torch.no_grad():
+            got = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+        want = torch.nn.functional.linear(rows.double(), weight.double(), bias.double())
+        return got.shape == want.shape and bool((got.double() - want).abs().max() < 1e-4)
+    except Exception:  # an operator missing or refusing in this build: torch.mm then
+        return False
 
 
 def linear_into(
@@ -138,6 +213,8 @@ def linear_into(
     ``[S, B, F]`` samples go through :func:`linear_per_group`; other shapes are one ``addmm``.
     """
     o = weight.shape[0]
+    if h.dim() != 3 and _onednn_applies(h, weight):
+        return onednn_linear(aligned_rows(h), weight, bias).view(*h.shape[:-1], o)
     out = workspace.empty(key, (*h.shape[:-1], o), like=h)
     if h.dim() == 3:
         return linear_per_group(h, weight, bias, out=out)
@@ -171,4 +248,4 @@ def per_group(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
     ``t`` is not 3-D."""
     if t.dim() != 3:
         return fn(t)
-    return torch.cat([fn(_aligned_rows(part).view(part.shape)) for part in groups(t)])
+    return torch.cat([fn(aligned_rows(part).view(part.shape)) for part in groups(t)])

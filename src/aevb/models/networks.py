@@ -27,7 +27,15 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _modules
 
 from ..errors import ConfigError
-from ..workspace import Workspace, each_group_, linear_into, linear_per_group, per_group
+from ..workspace import (
+    Workspace,
+    aligned_rows,
+    each_group_,
+    groups,
+    linear_into,
+    linear_per_group,
+    per_group,
+)
 
 if TYPE_CHECKING:
     from ..likelihoods import Likelihood
@@ -529,13 +537,28 @@ def decoder_log_likelihood(
     per-example work done here, once; otherwise params are decoded and scored. Without
     autograd on a CPU the hidden layers run folded (:func:`folded_layers`), their scaled
     weights made on the first call and kept: the function is for one batch under fixed
-    parameters, as the estimator uses it.
+    parameters, as the estimator uses it. Without autograd, ``[S, B, d]`` samples go
+    through every layer group by group (:func:`aevb.workspace.groups`), each group's
+    samples as one ``[g * B, d]`` matrix of rows: each operation was per group already (the
+    same numbers), a group's tensors stay small, and oneDNN's fresh outputs
+    (:func:`aevb.workspace.onednn_linear`) are used where they are made, not copied.
     """
     if isinstance(decoder, MLPDecoder):
         fused = likelihood.linear_log_prob(x, decoder.head.weight, decoder.head.bias)
         if fused is not None:
             workspace = Workspace()  # the hidden layers' buffers, reused by every call
-            return lambda z: fused(decoder.features(z, workspace))
+
+            def log_px_z(z: Tensor) -> Tensor:
+                if z.dim() != 3 or torch.is_grad_enabled():
+                    return fused(decoder.features(z, workspace))
+                return torch.cat(
+                    [
+                        fused(decoder.features(aligned_rows(zg), workspace)).view(zg.shape[:2])
+                        for zg in groups(z)
+                    ]
+                )
+
+            return log_px_z
     # any decoder and likelihood, group by group: see aevb.workspace
     return lambda z: per_group(lambda zg: likelihood.log_prob(x, decoder(zg)), z)
 
