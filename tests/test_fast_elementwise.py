@@ -129,6 +129,11 @@ def test_onednn_is_used_where_it_applies(monkeypatch):
         linear_into(Workspace(), "a", h.double(), w.double(), b.double())
         assert len(calls) == 4
     assert workspace._onednn_applies(h, w)
+    torch._C._set_mkldnn_enabled(False)  # the user's switch (torch.backends.mkldnn.enabled)
+    try:
+        assert not workspace._onednn_applies(h, w)
+    finally:
+        torch._C._set_mkldnn_enabled(True)
     assert not workspace._onednn_applies(h, w.requires_grad_(True))  # autograd: torch.mm
 
 

@@ -172,6 +172,7 @@ def _onednn_applies(rows: Tensor, weight: Tensor) -> bool:
         and rows.device.type == "cpu"
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad))
+        and torch.backends.mkldnn.enabled  # a user's torch.backends.mkldnn.flags(enabled=False)
         and _onednn_works()
     )
 
