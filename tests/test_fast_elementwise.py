@@ -94,7 +94,9 @@ def test_onednn_linear_is_linear_to_float32_rounding():
 
 
 def test_without_onednn_the_matmuls_are_torch_mm(monkeypatch):
-    monkeypatch.setattr(workspace, "_onednn_works", lambda: False)
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_ROWS", 1)  # oneDNN would take all of these...
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_FEATURES", 1)
+    monkeypatch.setattr(workspace, "_onednn_works", lambda: False)  # ...were it there
     w, b = torch.randn(13, 5), torch.randn(13)
     for h in (torch.randn(700, 5), torch.randn(3, 4, 5), torch.randn(3, 300, 5)):
         with torch.no_grad():
@@ -129,12 +131,16 @@ def test_onednn_is_used_where_it_applies(monkeypatch):
         linear_into(Workspace(), "a", h.double(), w.double(), b.double())
         assert len(calls) == 4
     assert workspace._onednn_applies(h, w)
+    enabled = torch.backends.mkldnn.enabled
     torch._C._set_mkldnn_enabled(False)  # the user's switch (torch.backends.mkldnn.enabled)
     try:
         assert not workspace._onednn_applies(h, w)
     finally:
-        torch._C._set_mkldnn_enabled(True)
-    assert not workspace._onednn_applies(h, w.requires_grad_(True))  # autograd: torch.mm
+        torch._C._set_mkldnn_enabled(enabled)
+    # autograd: torch.mm (the operator has no backward), for any trainable part
+    assert not workspace._onednn_applies(h, w, b.requires_grad_(True))
+    assert not workspace._onednn_applies(h, w.requires_grad_(True))
+    assert not workspace._onednn_applies(h.requires_grad_(True), w.detach())
 
 
 def test_linear_into_equals_linear_and_reuses_its_buffer(monkeypatch):

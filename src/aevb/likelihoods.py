@@ -226,26 +226,21 @@ class Bernoulli(Likelihood):
         agree = -sign  # log p(x_d | l_d) = log sigmoid(agree_d * l_d)
         workspace = Workspace()  # the logits' buffers, reused by every call
 
-        def stacked(t: Tensor, rows: int) -> Tensor:
-            """``t`` ``[B, D]`` for ``rows`` rows of g samples of the batch (kept per g)."""
-            n = t.shape[0]
-            if rows == n:
-                return t
-            return workspace.memo((t.data_ptr(), rows), lambda: t.repeat(rows // n, 1))
-
         def log_prob(h: Tensor) -> Tensor:
             if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
                 return -F.softplus(F.linear(h, weight, bias) * sign).sum(-1)
             # [..., B, D], or [g * B, D]: the rows of g samples, as the decoder's hot loop
-            # hands them (aevb.models.networks.decoder_log_likelihood)
+            # hands them (aevb.models.networks.decoder_log_likelihood); the sign broadcast
+            # over the samples (as [g, B, D], a view)
             logits = linear_into(workspace, "logits", h, weight, bias)
-            rows = logits.shape[0] if logits.dim() == 2 else xf.shape[0]
+            by_sample = logits.view(-1, *xf.shape)
             if logits.device.type != "cpu":
-                logits.mul_(stacked(sign, rows))
+                by_sample.mul_(sign)
                 return -torch.ops.aten.softplus.out(logits, 1, 20, out=logits).sum(-1)
             # sigmoid's fast exp, not softplus's log1p(exp)
             work = workspace.empty("sigmoid", groups(logits)[0].shape, logits)  # a group's
-            return sum_log_sigmoid_(logits.mul_(stacked(agree, rows)), work=work)
+            by_sample.mul_(agree)
+            return sum_log_sigmoid_(logits, work=work)
 
         return log_prob
 

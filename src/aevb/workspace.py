@@ -122,7 +122,7 @@ def linear_per_group(
     s, b, _ = h.shape
     o = weight.shape[0]
     g = _group(h)
-    if s <= g and _onednn_applies(h, weight):
+    if s <= g and _onednn_applies(h, weight, bias):
         return onednn_linear(aligned_rows(h), weight, bias).view(s, b, o)
     if out is None:
         out = h.new_empty((s, b, o))
@@ -134,7 +134,7 @@ def linear_per_group(
 def _matmul_into(dest: Tensor, rows: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     """``dest`` ``[N, O]`` = ``rows`` ``[N, F]`` @ ``weight.T`` (+ ``bias``, added by the matmul
     as ``F.linear`` adds it: one ``addmm``; or oneDNN's, copied, where it applies)."""
-    if _onednn_applies(rows, weight):
+    if _onednn_applies(rows, weight, bias):
         dest.copy_(onednn_linear(rows, weight, bias))
     elif bias is None:
         torch.mm(rows, weight.t(), out=dest)
@@ -143,7 +143,8 @@ def _matmul_into(dest: Tensor, rows: Tensor, weight: Tensor, bias: Tensor | None
 
 
 # oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the operator torch.compile's
-# CPU code calls) runs float32 matmuls of 500-2000 rows 5-20% faster than torch.mm (MKL)
+# CPU code calls; here for every matmul of this module, so also for aevb's Linear on
+# samples without autograd: decoding, generating, the estimators) runs float32 matmuls of 500-2000 rows 5-20% faster than torch.mm (MKL)
 # on this project's AVX-512 CPU where both of the weight's sides have 200 or more
 # features, and adds the bias without a pass over the output; at 64 rows, or with 20-100
 # features on a side, it is slower (docs/benchmarks.md, "Importance-sampled evaluation").
@@ -158,11 +159,14 @@ ONEDNN_MIN_ROWS = 256
 ONEDNN_MIN_FEATURES = 128
 
 
-def _onednn_applies(rows: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`onednn_linear` computes ``rows @ weight.T`` (``[..., F]``, or a group of
-    ``[S, B, F]``): float32 on a CPU, without autograd, at least ONEDNN_MIN_ROWS rows a
-    matmul and ONEDNN_MIN_FEATURES on each side of the weight, where the operator passed
-    its check."""
+def _onednn_applies(rows: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`onednn_linear` computes ``rows @ weight.T + bias`` (``[..., F]``, or a
+    group of ``[S, B, F]``): float32 on a CPU, without autograd (the operator has no
+    backward), at least ONEDNN_MIN_ROWS rows a matmul and ONEDNN_MIN_FEATURES on each side
+    of the weight, where the operator passed its check."""
+    grad = torch.is_grad_enabled() and (
+        rows.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
     return (
         ONEDNN
         and _rows(rows) >= ONEDNN_MIN_ROWS
@@ -171,7 +175,7 @@ def _onednn_applies(rows: Tensor, weight: Tensor) -> bool:
         and weight.dtype == torch.float32
         and rows.device.type == "cpu"
         and weight.is_contiguous()
-        and not (torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad))
+        and not grad
         and torch.backends.mkldnn.enabled  # a user's torch.backends.mkldnn.flags(enabled=False)
         and _onednn_works()
     )
@@ -211,10 +215,12 @@ def linear_into(
 ) -> Tensor:
     """``h @ weight.T + bias`` written into ``workspace``'s buffer ``key``: ``[..., F]`` -> ``[..., O]``.
 
-    ``[S, B, F]`` samples go through :func:`linear_per_group`; other shapes are one ``addmm``.
+    ``[S, B, F]`` samples go through :func:`linear_per_group`; other shapes are one ``addmm``,
+    or, where oneDNN applies (:func:`_onednn_applies`), its fresh result (the buffer unused).
+    Without autograd only.
     """
     o = weight.shape[0]
-    if h.dim() != 3 and _onednn_applies(h, weight):
+    if h.dim() != 3 and _onednn_applies(h, weight, bias):
         return onednn_linear(aligned_rows(h), weight, bias).view(*h.shape[:-1], o)
     out = workspace.empty(key, (*h.shape[:-1], o), like=h)
     if h.dim() == 3:
