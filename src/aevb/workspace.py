@@ -143,16 +143,17 @@ def _matmul_into(dest: Tensor, rows: Tensor, weight: Tensor, bias: Tensor | None
 
 
 # oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the operator torch.compile's
-# CPU code calls; here for every matmul of this module, so also for aevb's Linear on
-# samples without autograd: decoding, generating, the estimators) runs float32 matmuls of 500-2000 rows 5-20% faster than torch.mm (MKL)
-# on this project's AVX-512 CPU where both of the weight's sides have 200 or more
-# features, and adds the bias without a pass over the output; at 64 rows, or with 20-100
-# features on a side, it is slower (docs/benchmarks.md, "Importance-sampled evaluation").
-# So it takes the matmuls of at least ONEDNN_MIN_ROWS rows and ONEDNN_MIN_FEATURES
-# features in and out. A group's rows are fixed by the batch size and a layer's features
-# by the model, so each group's numbers still do not depend on the chunk. A private operator:
-# used only where it exists and gives F.linear's numbers to float32 rounding (checked
-# once a process), torch.mm otherwise. Set ONEDNN False for torch.mm only
+# CPU code calls) serves every matmul of this module that it applies to: the evaluator's
+# hot loop, and aevb's Linear on samples without autograd (decoding, generating). On this
+# project's AVX-512 CPU it runs float32 matmuls of 500-2000 rows 5-20% faster than
+# torch.mm (MKL) where both of the weight's sides have 200 or more features, and adds the
+# bias without a pass over the output; at 64 rows, or with 20-100 features on a side, it
+# is slower (docs/benchmarks.md, "Importance-sampled evaluation"). So it takes the
+# matmuls of at least ONEDNN_MIN_ROWS rows and ONEDNN_MIN_FEATURES features in and out.
+# A group's rows are fixed by the batch size and a layer's features by the model, so each
+# group's numbers still do not depend on the chunk. A private operator: used only where it
+# exists and gives F.linear's numbers to float32 rounding (checked once a process),
+# torch.mm otherwise. Set ONEDNN False for torch.mm only
 # (``benchmarks/eval_speed.py --matmul mkl``).
 ONEDNN = True
 ONEDNN_MIN_ROWS = 256
