@@ -3,7 +3,8 @@
 Measures, side by side in one run on one machine (ABBA order over ``--repeats``, medians):
   * aevb: ``aevb.evaluate`` (batched over examples, chunked over K; the likelihood
     prepared once per batch by ``model.log_likelihood_fn``, fused with the decoder's last
-    layer for a Bernoulli MLP);
+    layer for a Bernoulli MLP; with several CPU threads, its chunks on worker threads of
+    one thread each, ``--workers off`` for the chunks one after another);
   * ``per-example (pythae-style)``: the usual loop — one example at a time, x repeated,
     the encoder run on every copy, samples in chunks of 100, ``.item()`` per example
     (the shape of pythae's ``get_nll``);
@@ -16,7 +17,10 @@ Measures, side by side in one run on one machine (ABBA order over ``--repeats``,
   * the dense-matmul bound: ``torch.mm`` alone at the decoder's shapes (rows = aevb's
     chunk), timed as one more side in the same ABBA rounds and summarised by the same
     median (on a shared machine a best-of-n bound against a median rate would understate
-    the fraction; the same statistic on both sides does not).
+    the fraction; the same statistic on both sides does not); and oneDNN's linear alone,
+    which aevb's CPU matmuls use. With several threads, each bound also runs as that many
+    threads of one thread each, the matmuls split between them (as aevb's workers run).
+    The peak is the fastest bound.
 
 FLOP counting per (example, sample): the matmuls run once per sample, 2 * sum(in * out)
 (the decoder; for the two-layer model also q(z2|z1) and p(z1|z2)), plus the densities: 5
@@ -51,6 +55,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,34 +116,66 @@ def flops_per_sample(model: nn.Module, d: int = 784) -> int:
 
 
 def matmul_bound(
-    rows: int, shapes: list[tuple[int, int]], device, onednn: bool = False
+    rows: int,
+    shapes: list[tuple[int, int]],
+    device,
+    onednn: bool = False,
+    streams: int = 1,
 ) -> Callable[[int], None]:
     """The dense-matmul bound as a side of the benchmark: ``run(n)`` puts ``n`` (example,
     sample) pairs through ``torch.mm`` alone (or, ``onednn``, oneDNN's linear, which aevb's
     evaluator calls on a CPU: ``aevb.workspace.onednn_linear``) at the per-sample layer
     shapes, ``rows`` rows at a time (the same matmuls as the decoder, nothing else), so that
     its rate is timed in the same ABBA rounds, and summarised by the same median, as the
-    evaluators."""
+    evaluators.
+
+    ``streams`` > 1: the matmuls split between that many threads, each with its own
+    matrices and PyTorch on one thread (as aevb's evaluator runs its chunks on a CPU with
+    several threads, ``aevb.workspace.Workers``), rather than each matmul split between
+    the threads by PyTorch: on some shapes the faster of the two.
+    """
     from aevb.workspace import onednn_linear
 
-    mats = [
-        (
-            torch.randn(rows, a, device=device),
-            torch.randn(b, a, device=device),
-            torch.empty(rows, b, device=device),
-        )
-        for a, b in shapes
-    ]
+    def make() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return [
+            (
+                torch.randn(rows, a, device=device),
+                torch.randn(b, a, device=device),
+                torch.empty(rows, b, device=device),
+            )
+            for a, b in shapes
+        ]
+
+    def one_stream(mats, chunks: int) -> None:
+        with torch.inference_mode():
+            for _ in range(chunks):
+                for a, w, out in mats:
+                    if onednn:
+                        onednn_linear(a, w, None)
+                    else:
+                        torch.mm(a, w.t(), out=out)
+
+    every = [make() for _ in range(streams)]
+    if streams == 1:
+        return lambda n: one_stream(every[0], math.ceil(n / rows))
 
     def run(n: int) -> None:
-        for _ in range(math.ceil(n / rows)):
-            for a, w, out in mats:
-                if onednn:
-                    onednn_linear(a, w, None)
-                else:
-                    torch.mm(a, w.t(), out=out)
+        chunks = math.ceil(n / rows)
+        share = [chunks // streams + (i < chunks % streams) for i in range(streams)]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(streams) as pool:
+                list(pool.map(one_stream, every, share))
+        finally:
+            torch.set_num_threads(threads)
 
     return run
+
+
+def _short(bound: str) -> str:
+    """A bound's name without "alone at the decoder's shapes" and "(bound)"."""
+    return bound.replace(" alone at the decoder's shapes", "").replace(" (bound)", "")
 
 
 def _sync(device) -> None:
@@ -219,9 +256,17 @@ def main() -> None:
         help="aevb's CPU float32 matmuls: oneDNN's linear where it applies (aevb's default), "
         "or torch.mm (MKL) only",
     )
+    p.add_argument(
+        "--workers",
+        default="on",
+        choices=["on", "off"],
+        help="aevb's chunks on worker threads of one thread each (aevb's default on a CPU "
+        "with several threads), or one after another, each operation on all threads",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     aevb.workspace.ONEDNN = args.matmul == "onednn"
+    aevb.workspace.WORKERS = args.workers == "on"
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -266,11 +311,21 @@ def main() -> None:
     bound_pairs = rows_per_chunk * max(1, round(args.examples * args.k / rows_per_chunk))
     sides[BOUND] = (lambda: bound(bound_pairs), bound_pairs / args.k)
     bounds = [BOUND]
-    if aevb.workspace.ONEDNN and args.device == "cpu" and aevb.workspace._onednn_works():
-        bound_onednn = matmul_bound(rows_per_chunk, shapes, args.device, onednn=True)
-        sides[BOUND_ONEDNN] = (lambda: bound_onednn(bound_pairs), bound_pairs / args.k)
-        bounds.append(BOUND_ONEDNN)
-        bound_onednn(rows_per_chunk)
+    threads = torch.get_num_threads()
+    cpu_device = torch.device(args.device).type == "cpu"
+    variants = [(BOUND, False, 1)]
+    if aevb.workspace.ONEDNN and cpu_device and aevb.workspace._onednn_works():
+        variants.append((BOUND_ONEDNN, True, 1))
+    if cpu_device and threads > 1:  # the matmuls split between threads of their own
+        variants += [
+            (name.replace(" (bound)", f", {threads} threads of one each (bound)"), od, threads)
+            for name, od, _ in variants
+        ]
+    for name, od, streams in variants[1:]:
+        run_bound = matmul_bound(rows_per_chunk, shapes, args.device, onednn=od, streams=streams)
+        sides[name] = (lambda run_bound=run_bound: run_bound(bound_pairs), bound_pairs / args.k)
+        bounds.append(name)
+        run_bound(rows_per_chunk * threads)  # warm-up
     # Warm-up: lazy initialisation, allocator, thread pool.
     bound(rows_per_chunk)
     evaluate(model, ds, "test", k=min(args.k, 64), chunk_size=args.chunk_size)
@@ -339,6 +394,7 @@ def main() -> None:
         "matmul_bounds_gflops": bound_rates,
         "fraction_of_each_bound": bound_fractions,
         "matmul": args.matmul,
+        "workers": args.workers,
         "matmul_peak_gflops_per_cpu_s": peak_cpu / 1e9,
         "fraction_of_matmul_peak": fraction,
         "fraction_of_matmul_peak_cpu_time": fraction_cpu,
@@ -383,7 +439,7 @@ def main() -> None:
     print(
         f"counted FLOPs per (example, sample): {fps:,}; aevb reaches {out['aevb_gflops']:.1f} "
         f"GFLOP/s, {100 * out['fraction_of_matmul_peak']:.0f}% of the matmul peak at the "
-        f"decoder's shapes (the faster bound, {best.split(' alone')[0]}; median of the "
+        f"decoder's shapes (the faster bound, {_short(best)}; median of the "
         f"rounds' ratios; "
         f"{100 * out['fraction_of_matmul_peak_medians']:.0f}% as a ratio of the medians, "
         f"{out['matmul_peak_gflops']:.1f} GFLOP/s; per CPU-second "
@@ -397,9 +453,7 @@ def main() -> None:
     if len(bounds) > 1:
         print(
             "fraction of each bound (median of the rounds' ratios): "
-            + ", ".join(
-                f"{n.split(' alone')[0]} {100 * f:.0f}%" for n, f in bound_fractions.items()
-            )
+            + ", ".join(f"{_short(n)} {100 * f:.0f}%" for n, f in bound_fractions.items())
         )
     print()
     for target, met in out["targets"].items():

@@ -171,12 +171,17 @@ def _assert_chunk_size_changes_nothing(model, x, k: int = 70) -> None:
             assert torch.equal(r[key], ref[key]), (chunk, key)
 
 
+@pytest.mark.parametrize("workers", [False, True])
 @pytest.mark.parametrize("arch", sorted(TAILS))
-def test_bit_identical_whatever_the_chunk_size_with_vector_tails_and_threads(arch):
+def test_bit_identical_whatever_the_chunk_size_with_vector_tails_and_threads(
+    arch, workers, monkeypatch
+):
     """Odd widths leave every chunk's last elements to the scalar forms of the elementwise
     functions, and 28 x 28 images in batches of 45 make each sample's logits (35,280
-    numbers) exceed ATen's grain size, so that two threads split the work: the estimate
-    must still not depend on the chunk size."""
+    numbers) exceed ATen's grain size, so that two threads split the work (without the
+    evaluator's workers; with them, each chunk runs on one thread): the estimate must
+    still not depend on the chunk size."""
+    monkeypatch.setattr(workspace, "WORKERS", workers)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -21,7 +21,9 @@ is bounded whatever K. The noise of sample k of a batch depends only on (seed, k
 are whole groups of samples, each computed by the same calls whatever the chunk
 (:mod:`aevb.workspace`: matmuls and transcendentals group by group); and the samples are
 reduced in fixed blocks whatever the chunks (:class:`SampleReducer`), so results are
-bit-identical for every chunk size. The likelihood is prepared once per batch
+bit-identical for every chunk size. On a CPU with several threads the chunks are computed
+by as many worker threads, one thread each (:class:`aevb.workspace.Workers`), and reduced
+in order: the same numbers. The likelihood is prepared once per batch and worker
 (``model.log_likelihood_fn``: the per-example work done once, the decoder's last layer
 fused with the likelihood where the model offers it). A deterministic posterior (a point mass) needs one sample, whatever K.
 Per-example tensors are ``[B]`` in nats.
@@ -37,7 +39,7 @@ from torch import Tensor
 from .latents import NoiseSpec
 from .models.base import LatentVariableModel
 from .objectives import importance_terms
-from .workspace import group_size
+from .workspace import Workers, group_size
 
 
 def sample_noise(
@@ -150,7 +152,6 @@ def importance_weighted(
         raise ValueError("k must be >= 1")
     y = model.context(x, y)
     q, p = model.posterior(x, y), model.prior(y)
-    log_px_z_of = model.log_likelihood_fn(x, y)  # per-example work once, for every chunk
     noise = q.noise
     b = x.shape[0]
     k_eff = 1 if noise.deterministic else k  # all samples of a point mass are one
@@ -159,12 +160,19 @@ def importance_weighted(
     dtype = summary.dtype if summary.is_floating_point() else torch.float32
     kl = model.kl(q, p)
     reducer = SampleReducer()
-    for k0 in range(0, k_eff, c):
-        k1 = min(k_eff, k0 + c)
-        eps = sample_noise(noise, seed, k0, k1, b, x.device, dtype)
-        t = importance_terms(model, x, q, p, eps, y, log_likelihood=log_px_z_of)
-        mc_rate = () if kl is not None else (t.log_qz - t.log_pz,)  # [c, B, G]
-        reducer.add(t.log_w.to(dtype), t.log_px_z.to(dtype), *mc_rate)
+    starts = range(0, k_eff, c)
+    with Workers(x.device, len(starts)) as workers:
+
+        def chunk(k0: int) -> tuple[Tensor, ...]:
+            # per-example work once per worker, for all its chunks
+            log_px_z_of = workers.local(lambda: model.log_likelihood_fn(x, y))
+            eps = sample_noise(noise, seed, k0, min(k_eff, k0 + c), b, x.device, dtype)
+            t = importance_terms(model, x, q, p, eps, y, log_likelihood=log_px_z_of)
+            mc_rate = () if kl is not None else (t.log_qz - t.log_pz,)  # [c, B, G]
+            return (t.log_w.to(dtype), t.log_px_z.to(dtype), *mc_rate)
+
+        for terms in workers.map(chunk, starts):
+            reducer.add(*terms)
     lse, (sum_log_px_z, *sum_rate) = reducer.result()
     log_px_iw = (lse - math.log(k_eff)).to(dtype)
     distortion = (-sum_log_px_z / k_eff).to(dtype)
@@ -208,15 +216,20 @@ def naive_prior(
     rows = b if prior.batched else 1
     dtype = next(model.parameters()).dtype
     lse = torch.full((b,), -math.inf, device=x.device, dtype=dtype)
-    g = torch.Generator(device=x.device)
-    for k0 in range(0, n, c):
-        k1 = min(n, k0 + c)
+    starts = range(0, n, c)
+
+    def chunk(k0: int) -> Tensor:
+        g = torch.Generator(device=x.device)
         zs = []
-        for i in range(k0, k1):
+        for i in range(k0, min(n, k0 + c)):
             g.manual_seed((seed * 1_000_003 + i) % 2**64)
             zs.append(prior.sample(rows, 1.0, generator=g))
         z = torch.stack(zs)  # [c, 1 or B, *z]: a shared z is decoded once, scored against all B
-        lse = torch.logaddexp(lse, torch.logsumexp(model.log_likelihood(x, z, y), dim=0))
+        return torch.logsumexp(model.log_likelihood(x, z, y), dim=0)
+
+    with Workers(x.device, len(starts)) as workers:  # chunks in parallel, combined in order
+        for chunk_lse in workers.map(chunk, starts):
+            lse = torch.logaddexp(lse, chunk_lse)
     return lse - math.log(n)
 
 
