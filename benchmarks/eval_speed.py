@@ -243,7 +243,7 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=500, help="examples timed for aevb")
     p.add_argument("--ref-examples", type=int, default=20, help="examples timed for the loops")
     p.add_argument(
-        "--chunk-size", type=int, default=None, help="default: aevb's (2048 CPU, 262144 GPU)"
+        "--chunk-size", type=int, default=None, help="default: aevb's (4096 CPU, 262144 GPU)"
     )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3, help="ABBA-ordered repeats (medians)")

@@ -174,7 +174,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         type=int64,
         default=None,
         help="most (example, sample) pairs decoded at once; bounds memory, not results "
-        "(default 2048 on CPU, 262144 on GPU)",
+        "(default 4096 on CPU, 262144 on GPU)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", metavar="FILE.md", help="also write a Markdown report")
