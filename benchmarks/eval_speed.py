@@ -2,7 +2,7 @@
 
 Measures, side by side in one run on one machine (ABBA order over ``--repeats``, medians):
   * aevb: ``aevb.evaluate`` (batched over examples, chunked over K; the likelihood
-    prepared once per batch by ``model.log_likelihood_fn``, fused with the decoder's last
+    prepared once per batch (and worker) by ``model.log_likelihood_fn``, fused with the decoder's last
     layer for a Bernoulli MLP; with several CPU threads, its chunks on worker threads of
     one thread each, ``--workers off`` for the chunks one after another);
   * ``per-example (pythae-style)``: the usual loop — one example at a time, x repeated,
@@ -165,7 +165,9 @@ def matmul_bound(
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with ThreadPoolExecutor(streams) as pool:
+            with ThreadPoolExecutor(
+                streams, initializer=torch.set_num_threads, initargs=(1,)
+            ) as pool:
                 list(pool.map(one_stream, every, share))
         finally:
             torch.set_num_threads(threads)

@@ -1,6 +1,7 @@
-"""The evaluator's worker threads (:class:`aevb.workspace.Workers`): chunks computed on
-one thread each, handed back in order, PyTorch's threads set back whatever happens, and
-the estimate the same numbers as the chunks computed one after another."""
+"""The evaluator's worker threads (:class:`aevb.workspace.Workers`): chunks computed by
+threads of one PyTorch thread each, handed back in order, PyTorch's threads set back
+whatever happens; and the estimate, with two threads, bit-identical to the estimate on
+one thread, whatever the chunk size."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import time
 import pytest
 import torch
 from helpers import make_model
+from torch.utils.flop_counter import FlopCounterMode
 
-from aevb import workspace
-from aevb.estimators import importance_weighted
+from aevb import RunConfig, build_model, workspace
+from aevb.estimators import importance_weighted, naive_prior
 from aevb.workspace import Workers
 
 CPU = torch.device("cpu")
+MAIN = threading.current_thread().name
 
 
 @pytest.fixture
@@ -26,7 +29,13 @@ def two_threads():
     torch.set_num_threads(threads)
 
 
-def test_chunks_run_on_one_thread_each_and_come_back_in_order(two_threads):
+def test_chunks_run_on_threads_of_one_and_come_back_in_order(two_threads, monkeypatch):
+    set_to, real = [], torch.set_num_threads
+    monkeypatch.setattr(  # what each thread is set to, and by whom, before its first chunk
+        torch,
+        "set_num_threads",
+        lambda n: set_to.append((threading.current_thread().name, n)) or real(n),
+    )
     seen = []
 
     def fn(i: int) -> int:
@@ -34,18 +43,41 @@ def test_chunks_run_on_one_thread_each_and_come_back_in_order(two_threads):
         seen.append((threading.current_thread().name, torch.get_num_threads()))
         return i * i
 
-    with Workers(CPU, 20) as w:
-        assert w.workers == 2
+    with Workers(CPU) as w:
+        assert w.workers_for(20) == 2
+        assert torch.get_num_threads() == 1  # the caller too, while the block runs
         out = list(w.map(fn, range(20)))
-        assert torch.get_num_threads() == 1  # process-wide while the block runs
     assert out == [i * i for i in range(20)]
-    assert {name.startswith("aevb-chunk") for name, _ in seen} == {True}
-    assert len({name for name, _ in seen}) == 2
+    names = {name for name, _ in seen}
+    assert len(names) == 2 and all(n.startswith("aevb-chunk") for n in names)
     assert {n for _, n in seen} == {1}
-    assert torch.get_num_threads() == 2  # set back
+    assert {(name, 1) for name in names} <= set(set_to)  # set by the pool, not lazily
+    assert set_to[-1] == (MAIN, 2) and torch.get_num_threads() == 2  # set back
 
 
-def test_an_error_stops_the_work_and_sets_the_threads_back(two_threads):
+def test_one_chunk_runs_in_the_caller_on_one_thread(two_threads):
+    with Workers(CPU) as w:
+        assert w.workers_for(1) == 1
+        seen = list(
+            w.map(lambda i: (threading.current_thread().name, torch.get_num_threads()), [0])
+        )
+    assert seen == [(MAIN, 1)]
+    assert torch.get_num_threads() == 2
+
+
+def test_no_more_workers_than_chunks():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with Workers(CPU) as w:
+            assert w.workers_for(3) == 3
+            assert sorted(w.map(lambda i: i, range(3))) == [0, 1, 2]
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_errors_stop_the_work_and_set_the_threads_back(two_threads):
     started = []
 
     def fn(i: int) -> int:
@@ -54,20 +86,27 @@ def test_an_error_stops_the_work_and_sets_the_threads_back(two_threads):
             raise ValueError("chunk 3")
         return i
 
-    with pytest.raises(ValueError, match="chunk 3"), Workers(CPU, 100) as w:
+    with pytest.raises(ValueError, match="chunk 3"), Workers(CPU) as w:
         for _ in w.map(fn, range(100)):
             pass
     assert torch.get_num_threads() == 2
-    assert len(started) <= 3 + 1 + 2 * w.workers  # only a few ran ahead; the rest cancelled
+    assert len(started) <= 3 + 1 + 2 * 2  # only a few ran ahead; the rest cancelled
 
-    # the loop's body failing does the same
-    started.clear()
-    with pytest.raises(KeyError), Workers(CPU, 100) as w:
-        for i in w.map(fn, range(4, 100)):
-            if i == 6:
-                raise KeyError(i)
+    for error in (KeyError, KeyboardInterrupt):  # the loop's body failing, or Ctrl-C
+        started.clear()
+        with pytest.raises(error), Workers(CPU) as w:
+            for i in w.map(fn, range(4, 100)):
+                if i == 6:
+                    raise error(i)
+        assert torch.get_num_threads() == 2
+        assert len(started) <= 3 + 2 * 2
+
+    def broken() -> object:
+        raise RuntimeError("no state")
+
+    with pytest.raises(RuntimeError, match="no state"), Workers(CPU) as w:
+        list(w.map(lambda i: w.local(broken), range(10)))
     assert torch.get_num_threads() == 2
-    assert len(started) <= 3 + 2 * w.workers
 
 
 def test_local_state_is_one_per_worker_and_modes_are_the_callers(two_threads):
@@ -77,86 +116,120 @@ def test_local_state_is_one_per_worker_and_modes_are_the_callers(two_threads):
         state = w.local(lambda: made.append(threading.current_thread().name) or object())
         return id(state), torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
-    with Workers(CPU, 10) as w, torch.inference_mode():
+    with Workers(CPU) as w, torch.inference_mode():
         out = list(w.map(fn, range(10)))
     assert len(made) == len(set(made)) <= 2 and len({o[0] for o in out}) == len(made)
     assert {o[1:] for o in out} == {(False, True)}
-    with Workers(CPU, 10) as w:
+    with Workers(CPU) as w, torch.no_grad():
+        assert {o[1:] for o in w.map(fn, range(4))} == {(False, False)}
+    with Workers(CPU) as w:
         assert {o[1:] for o in w.map(fn, range(4))} == {(True, False)}
 
 
 @pytest.mark.parametrize(
-    "why", ["one thread", "one chunk", "switched off", "autocast", "not a cpu"]
+    "why", ["one thread", "switched off", "autocast", "not a cpu", "device mode", "flop counter"]
 )
 def test_no_workers_where_they_do_not_apply(why, two_threads, monkeypatch):
-    device, chunks = CPU, 10
+    device = CPU
     if why == "one thread":
         torch.set_num_threads(1)
-    elif why == "one chunk":
-        chunks = 1
     elif why == "switched off":
         monkeypatch.setattr(workspace, "WORKERS", False)
     elif why == "not a cpu":
         device = torch.device("meta")
     threads = torch.get_num_threads()
-    with torch.autocast("cpu", enabled=why == "autocast"), Workers(device, chunks) as w:
-        assert w.workers == 1
+    modes = {
+        "autocast": torch.autocast("cpu"),
+        "device mode": torch.device("cpu"),
+        "flop counter": FlopCounterMode(display=False),
+    }
+    with modes.get(why, torch.autocast("cpu", enabled=False)), Workers(device) as w:
+        assert w.workers_for(10) == 1
         names = list(w.map(lambda i: threading.current_thread().name, range(3)))
-        assert torch.get_num_threads() == threads
-    assert names == [threading.current_thread().name] * 3
+        assert torch.get_num_threads() == threads  # the operations keep the caller's threads
+    assert names == [MAIN] * 3
 
 
+# Models at sizes where two threads split ATen's loops (a group's logits, 45 x 784 numbers,
+# pass its grain of 32,768) and, with the limits lowered, oneDNN computes the matmuls.
 MODELS = {
-    "tanh-mlp": dict(hidden=(40, 30), latent_dim=6, activation="tanh"),
+    "tanh-mlp": dict(hidden=(200, 130), latent_dim=6, activation="tanh"),
+    "relu-mlp": dict(hidden=(150,), latent_dim=5, activation="relu"),
     "hvae": dict(
-        model="hvae", hidden=(30, 20), latent_dims=(8, 4), hidden_top=(20,), activation="tanh"
+        model="hvae", hidden=(40, 30), latent_dims=(8, 4), hidden_top=(20,), activation="tanh"
     ),
     "gumbel": dict(model="gumbel", hidden=(30,), variables=3, categories=5),
+    "vamp": dict(hidden=(30,), latent_dim=5, activation="tanh", prior="vamp", pseudo_inputs=7),
 }
 
 
-def _model(name: str):
+def _model(name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]:
     torch.manual_seed(0)
-    model = make_model(
-        torch.float32, input_shape=(1, 12, 12), likelihood="bernoulli", **MODELS[name]
-    ).eval()
-    x = torch.rand(45, 1, 12, 12, generator=torch.Generator().manual_seed(1)).round()
-    return model, x
+    base = dict(input_shape=(1, 28, 28), likelihood="bernoulli")
+    if name == "cvae":
+        model = build_model(
+            RunConfig().replace(
+                **base, model="cvae", hidden=(32,), latent_dim=3, **{"cvae.num_classes": 10}
+            )
+        ).eval()
+        y = torch.arange(45) % 10
+    else:
+        model, y = make_model(**base, **MODELS[name]).eval(), None
+    x = torch.rand(45, 1, 28, 28, generator=torch.Generator().manual_seed(1)).round()
+    return model, x, y
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_the_estimate_with_workers_is_the_estimate_without(name, two_threads, monkeypatch):
-    model, x = _model(name)
-    prepared_in = []
-    real = type(model).log_likelihood_fn
+def _on_one_thread(fn):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+KEYS = ("log_px_iw", "distortion", "rate", "gap")
+
+
+@pytest.mark.parametrize("name", [*sorted(MODELS), "cvae"])
+def test_the_estimate_with_workers_is_the_estimate_on_one_thread(name, two_threads, monkeypatch):
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_ROWS", 1)  # oneDNN where it works, as on MNIST
+    monkeypatch.setattr(workspace, "ONEDNN_MIN_FEATURES", 1)
+    model, x, y = _model(name)
+    prepared, real = [], type(model).log_likelihood_fn
 
     def spy(self, *a, **kw):
-        prepared_in.append(threading.current_thread().name)
-        return real(self, *a, **kw)
+        fn = real(self, *a, **kw)
+        prepared.append((threading.current_thread().name, id(fn)))
+        return fn
 
     monkeypatch.setattr(type(model), "log_likelihood_fn", spy)
-    with_workers = importance_weighted(model, x, 300, chunk_size=45 * 4)
-    assert prepared_in and all(n.startswith("aevb-chunk") for n in prepared_in)
-    assert len(prepared_in) <= 2  # once per worker, not per chunk
+    workers = importance_weighted(model, x, 100, chunk_size=45 * 4, y=y)
     assert torch.get_num_threads() == 2
-    monkeypatch.setattr(workspace, "WORKERS", False)
-    alone = importance_weighted(model, x, 300, chunk_size=45 * 4)
-    for key in ("log_px_iw", "distortion", "rate", "gap"):
-        # one thread per operation against two: the same calls, to the last bits
-        assert (with_workers[key] - alone[key]).abs().max() <= 1e-5, key
-    monkeypatch.setattr(workspace, "WORKERS", True)
-    for chunk in (45, 45 * 7, 1 << 20):
-        r = importance_weighted(model, x, 300, chunk_size=chunk)
-        for key in ("log_px_iw", "distortion", "rate", "gap"):
-            assert torch.equal(r[key], with_workers[key]), (chunk, key)
+    # one closure per worker (its buffers are its own), prepared in that worker
+    assert (
+        len(prepared) == 2
+        and len({t for t, _ in prepared}) == 2
+        and len({i for _, i in prepared}) == 2
+    )
+    assert all(t.startswith("aevb-chunk") for t, _ in prepared)
+    one = _on_one_thread(lambda: importance_weighted(model, x, 100, chunk_size=45 * 4, y=y))
+    for chunk in (45, 45 * 7, 1 << 20):  # 1 << 20: one chunk, in the caller
+        r = importance_weighted(model, x, 100, chunk_size=chunk, y=y)
+        for key in KEYS:
+            assert torch.equal(r[key], workers[key]), (chunk, key)
+    for key in KEYS:
+        assert torch.equal(workers[key], one[key]), key
+    monkeypatch.setattr(workspace, "WORKERS", False)  # each operation on both threads
+    split = importance_weighted(model, x, 100, chunk_size=45 * 4, y=y)
+    for key in KEYS:
+        assert (split[key] - workers[key]).abs().max() <= 1e-4, key
 
 
-def test_the_naive_estimate_with_workers_is_the_estimate_without(two_threads, monkeypatch):
-    from aevb.estimators import naive_prior
-
-    model, x = _model("tanh-mlp")
-    with_workers = naive_prior(model, x, 500, chunk_size=45 * 8)
-    monkeypatch.setattr(workspace, "WORKERS", False)
-    alone = naive_prior(model, x, 500, chunk_size=45 * 8)
-    assert (with_workers - alone).abs().max() <= 1e-5
+@pytest.mark.parametrize("name", ["tanh-mlp", "hvae", "vamp", "cvae"])
+def test_the_naive_estimate_with_workers_is_the_estimate_on_one_thread(name, two_threads):
+    model, x, y = _model(name)
+    workers = naive_prior(model, x, 300, chunk_size=45 * 8, y=y)
     assert torch.get_num_threads() == 2
+    one = _on_one_thread(lambda: naive_prior(model, x, 300, chunk_size=45 * 8, y=y))
+    assert torch.equal(workers, one)

@@ -173,7 +173,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "--chunk-size",
         type=int64,
         default=None,
-        help="most (example, sample) pairs decoded at once; bounds memory, not results "
+        help="most (example, sample) pairs per chunk (a few chunks per CPU thread in "
+        "memory); bounds memory, not results "
         "(default 4096 on CPU, 262144 on GPU)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")

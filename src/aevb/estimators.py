@@ -14,18 +14,20 @@
   ``Cov_x(E_q[z_j | x]) > 0.01``.
 
 Everything is written against the model interface (:mod:`aevb.models.base`), so it holds
-for every model. Batched over examples and chunked over samples: at most ``chunk_size``
-(example, sample) pairs go through the decoder at once (or one group of
-:func:`aevb.workspace.group_size` samples, fewer than 64 + B pairs, if that is more), so memory
-is bounded whatever K. The noise of sample k of a batch depends only on (seed, k); chunks
+for every model. Batched over examples and chunked over samples: a chunk is at most
+``chunk_size`` (example, sample) pairs (or one group of :func:`aevb.workspace.group_size`
+samples, fewer than 64 + B pairs, if that is more), and at most a few chunks per worker
+thread are in memory at once (one worker but on a CPU with several threads), so memory is
+bounded whatever K. The noise of sample k of a batch depends only on (seed, k); chunks
 are whole groups of samples, each computed by the same calls whatever the chunk
 (:mod:`aevb.workspace`: matmuls and transcendentals group by group); and the samples are
 reduced in fixed blocks whatever the chunks (:class:`SampleReducer`), so results are
-bit-identical for every chunk size. On a CPU with several threads the chunks are computed
-by as many worker threads, one thread each (:class:`aevb.workspace.Workers`), and reduced
-in order: the same numbers. The likelihood is prepared once per batch and worker
-(``model.log_likelihood_fn``: the per-example work done once, the decoder's last layer
-fused with the likelihood where the model offers it). A deterministic posterior (a point mass) needs one sample, whatever K.
+bit-identical for every chunk size. On a CPU with several threads every operation runs on
+one thread and the chunks on as many worker threads (:class:`aevb.workspace.Workers`),
+reduced in order: the numbers of a one-thread run. The likelihood is prepared once per
+batch and worker (``model.log_likelihood_fn``: the per-example work done once, the
+decoder's last layer fused with the likelihood where the model offers it). A
+deterministic posterior (a point mass) needs one sample, whatever K.
 Per-example tensors are ``[B]`` in nats.
 """
 
@@ -126,7 +128,7 @@ def importance_weighted(
     model: LatentVariableModel,
     x: Tensor,
     k: int,
-    chunk_size: int = 2048,
+    chunk_size: int = 4096,
     seed: int = 0,
     y: Tensor | None = None,
 ) -> dict[str, Tensor]:
@@ -136,8 +138,8 @@ def importance_weighted(
         model: any aevb model.
         x: ``[B, *event]`` a batch of data (``y`` its context for a conditional model).
         k: number of importance samples K per example.
-        chunk_size: most (example, sample) pairs decoded at once (bounds memory; at least one
-            group of samples, see :func:`chunk_samples`).
+        chunk_size: most (example, sample) pairs of a chunk (bounds memory: a few chunks per
+            worker thread; at least one group of samples, see :func:`chunk_samples`).
         seed: seeds the noise; sample k's noise depends only on (seed, k).
 
     Returns:
@@ -150,6 +152,20 @@ def importance_weighted(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
+    # on a CPU with several threads: every operation on one thread, the chunks on workers
+    with Workers(x.device) as workers:
+        return _importance_weighted(model, x, k, chunk_size, seed, y, workers)
+
+
+def _importance_weighted(
+    model: LatentVariableModel,
+    x: Tensor,
+    k: int,
+    chunk_size: int,
+    seed: int,
+    y: Tensor | None,
+    workers: Workers,
+) -> dict[str, Tensor]:
     y = model.context(x, y)
     q, p = model.posterior(x, y), model.prior(y)
     noise = q.noise
@@ -159,20 +175,18 @@ def importance_weighted(
     summary = q.summary()
     dtype = summary.dtype if summary.is_floating_point() else torch.float32
     kl = model.kl(q, p)
+
+    def chunk(k0: int) -> tuple[Tensor, ...]:
+        # the per-example work once per worker, for all its chunks
+        log_px_z_of = workers.local(lambda: model.log_likelihood_fn(x, y))
+        eps = sample_noise(noise, seed, k0, min(k_eff, k0 + c), b, x.device, dtype)
+        t = importance_terms(model, x, q, p, eps, y, log_likelihood=log_px_z_of)
+        mc_rate = () if kl is not None else (t.log_qz - t.log_pz,)  # [c, B, G]
+        return (t.log_w.to(dtype), t.log_px_z.to(dtype), *mc_rate)
+
     reducer = SampleReducer()
-    starts = range(0, k_eff, c)
-    with Workers(x.device, len(starts)) as workers:
-
-        def chunk(k0: int) -> tuple[Tensor, ...]:
-            # per-example work once per worker, for all its chunks
-            log_px_z_of = workers.local(lambda: model.log_likelihood_fn(x, y))
-            eps = sample_noise(noise, seed, k0, min(k_eff, k0 + c), b, x.device, dtype)
-            t = importance_terms(model, x, q, p, eps, y, log_likelihood=log_px_z_of)
-            mc_rate = () if kl is not None else (t.log_qz - t.log_pz,)  # [c, B, G]
-            return (t.log_w.to(dtype), t.log_px_z.to(dtype), *mc_rate)
-
-        for terms in workers.map(chunk, starts):
-            reducer.add(*terms)
+    for terms in workers.map(chunk, range(0, k_eff, c)):
+        reducer.add(*terms)
     lse, (sum_log_px_z, *sum_rate) = reducer.result()
     log_px_iw = (lse - math.log(k_eff)).to(dtype)
     distortion = (-sum_log_px_z / k_eff).to(dtype)
@@ -198,7 +212,7 @@ def naive_prior(
     model: LatentVariableModel,
     x: Tensor,
     n: int,
-    chunk_size: int = 2048,
+    chunk_size: int = 4096,
     seed: int = 0,
     y: Tensor | None = None,
 ) -> Tensor:
@@ -209,6 +223,19 @@ def naive_prior(
     example draws its own); sample i depends only on (seed, i). Unbiased for p(x), biased
     low for log p(x); hopeless in high dimensions.
     """
+    with Workers(x.device) as workers:  # as importance_weighted
+        return _naive_prior(model, x, n, chunk_size, seed, y, workers)
+
+
+def _naive_prior(
+    model: LatentVariableModel,
+    x: Tensor,
+    n: int,
+    chunk_size: int,
+    seed: int,
+    y: Tensor | None,
+    workers: Workers,
+) -> Tensor:
     b = x.shape[0]
     c = chunk_samples(n, b, chunk_size)
     y = model.context(x, y)
@@ -216,7 +243,6 @@ def naive_prior(
     rows = b if prior.batched else 1
     dtype = next(model.parameters()).dtype
     lse = torch.full((b,), -math.inf, device=x.device, dtype=dtype)
-    starts = range(0, n, c)
 
     def chunk(k0: int) -> Tensor:
         g = torch.Generator(device=x.device)
@@ -227,9 +253,8 @@ def naive_prior(
         z = torch.stack(zs)  # [c, 1 or B, *z]: a shared z is decoded once, scored against all B
         return torch.logsumexp(model.log_likelihood(x, z, y), dim=0)
 
-    with Workers(x.device, len(starts)) as workers:  # chunks in parallel, combined in order
-        for chunk_lse in workers.map(chunk, starts):
-            lse = torch.logaddexp(lse, chunk_lse)
+    for chunk_lse in workers.map(chunk, range(0, n, c)):  # combined in order
+        lse = torch.logaddexp(lse, chunk_lse)
     return lse - math.log(n)
 
 

@@ -141,9 +141,10 @@ def evaluate(
             model and its dataset are loaded from it).
         dataset: the data (default: the run's dataset); ``split`` names the part to score.
         k: importance samples per example (K = 5000 for published numbers).
-        chunk_size: most (example, sample) pairs decoded at once (at least one group of
-            ``aevb.workspace.group_size(batch_size)`` samples); memory is bounded by it and
-            results do not depend on it. Default: 4096 on the CPU (the decoder runs a group
+        chunk_size: most (example, sample) pairs of a chunk (at least one group of
+            ``aevb.workspace.group_size(batch_size)`` samples); memory is bounded by it (a
+            few chunks per worker thread on a CPU with several threads) and results do
+            not depend on it. Default: 4096 on the CPU (the decoder runs a group
             of samples at a time through all its layers, so its activations stay in
             cache whatever the chunk; a chunk is one worker's task, see
             :class:`aevb.workspace.Workers`), 262144 on a GPU (large matmuls, few launches).

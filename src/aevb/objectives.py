@@ -71,7 +71,7 @@ def importance_terms(
     ``reparameterised`` keeps the samples differentiable (IWAE training); otherwise they
     are q's exact samples (estimation). ``log_likelihood`` is log p(x|.) prepared for this
     x by ``model.log_likelihood_fn(x, y)`` (fused and with its per-example work done once;
-    the estimator prepares it once per batch for all its chunks); by default
+    the estimator prepares it once per batch and worker for all its chunks); by default
     ``model.log_likelihood``.
     """
     sample = q.rsample_and_log_prob if reparameterised else q.sample_and_log_prob

@@ -36,10 +36,11 @@ chunks: their results do not depend on position.
 **Workers.** ATen splits each operation of a group between the CPU's threads: the matmuls
 scale with them, but the elementwise passes over a group's few MB, the noise drawn one
 sample at a time and the per-chunk Python gain little. :class:`Workers` runs whole chunks
-instead, one per thread, each thread's operations on that thread alone, and hands the
-results back in order: measured 1.09-1.13x the threaded chunks on two cores
-(docs/benchmarks.md). Each chunk is the same calls on the same numbers as before, so the
-estimate is still the same whatever the chunk size.
+instead, one per thread, every operation on one thread, and hands the results back in
+order (docs/benchmarks.md, "Worker threads"). Every chunk runs on one thread whatever
+the chunking, so the estimate is still the same whatever the chunk size; against the
+chunks computed one after another with each operation split between the threads
+(``WORKERS = False``) it differs in the last bits at most.
 
 All of this is for the CPU. On a GPU a chunk is one group (hundreds of samples in one
 kernel each: per-group launches would cost more than the work), so there the estimate is
@@ -52,7 +53,7 @@ import functools
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TypeVar
@@ -276,42 +277,63 @@ def per_group(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
 WORKERS = True
 
 
-class Workers:
-    """Chunks of the evaluator's loop computed by one worker thread per CPU thread.
+def _plain_thread_state() -> bool:
+    """Nothing thread-local that worker threads would not share: no autocast, no torch
+    function or dispatch mode (``torch.device`` as a context, a FLOP counter), no profiler,
+    no functorch transform."""
+    return (
+        not torch.is_autocast_enabled("cpu")
+        and torch._C._len_torch_function_stack() == 0
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch.autograd._profiler_enabled()
+        and torch._C._functorch.maybe_current_level() is None
+    )
 
-    ``with Workers(device, chunks) as w: for r in w.map(fn, items): ...`` gives
-    ``fn(item)`` in the order of ``items``. On a CPU where PyTorch has T > 1 threads (and
-    ``chunks`` > 1), T worker threads compute the items, each of its operations on its
-    own thread: PyTorch is set to one thread while the block runs (process-wide) and set
-    back after it. A few items run ahead of the one handed back (two per worker), so
-    memory stays at a few chunks; an exception, in an item or in the loop's body, cancels
-    the items not started. Each worker starts in the caller's grad and inference mode.
-    Elsewhere (a GPU, one thread, ``chunks`` <= 1, :data:`WORKERS` False, autocast on) the
-    items run one after another in the calling thread.
+
+class Workers:
+    """The evaluator's loop over chunks on worker threads of one PyTorch thread each.
+
+    ``with Workers(device) as w: ...; for r in w.map(fn, items): ...`` gives ``fn(item)``
+    in the order of ``items``. On a CPU where PyTorch has T > 1 threads, the block runs
+    on one PyTorch thread (the caller is set to one on entry and back to T on exit), and
+    :meth:`map` computes the items on ``min(T, len(items))`` worker threads, each set to
+    one thread too. Every operation of the block then runs on one thread, however many
+    items there are (a single one in the calling thread), so its numbers are those of a
+    one-thread run whatever the chunking: which elements ATen computes in scalar form,
+    and which kernels MKL and oneDNN pick, depend on the number of threads. Fewer items
+    than threads leave cores idle (small K on a many-core CPU).
+
+    A few items run ahead of the one handed back (two per worker), so memory stays at a
+    few chunks per worker; an exception, in an item or in the loop's body, cancels the
+    items not started. Each worker starts in the caller's grad and inference mode. Where
+    workers do not apply (a GPU, one thread, :data:`WORKERS` False, or thread-local state
+    the workers would not see: autocast, a torch function or dispatch mode, the profiler,
+    a functorch transform) the block keeps the caller's threads and the items run one
+    after another in the calling thread, as before.
 
     State that one computation may not share with another running at the same time (a
-    :class:`Workspace`'s buffers) comes from :meth:`local`: one per worker.
+    :class:`Workspace`'s buffers) comes from :meth:`local`: one per worker. Everything
+    else ``fn`` reaches (the model, q, p) is read by several threads at once.
     """
 
-    def __init__(self, device: torch.device, chunks: int) -> None:
-        threads = torch.get_num_threads()
-        self.workers = (
-            threads
-            if WORKERS
-            and device.type == "cpu"
-            and threads > 1
-            and chunks > 1
-            and not torch.is_autocast_enabled("cpu")
-            else 1
+    def __init__(self, device: torch.device) -> None:
+        self._threads = torch.get_num_threads()
+        self.single = (  # every operation on one thread, the items on worker threads
+            WORKERS and device.type == "cpu" and self._threads > 1 and _plain_thread_state()
         )
-        self._threads = threads
         self._local = threading.local()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: list[ThreadPoolExecutor] = []
+
+    def workers_for(self, items: int) -> int:
+        """Worker threads that :meth:`map` runs ``items`` items on (1: the calling thread)."""
+        return min(self._threads, items) if self.single else 1
 
     def __enter__(self) -> Workers:
-        if self.workers > 1:
+        if self.single:
             torch.set_num_threads(1)
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="aevb-chunk")
+            if torch.get_num_threads() != 1:  # a build whose pool ignores it once started
+                torch.set_num_threads(self._threads)
+                self.single = False
         return self
 
     def __exit__(
@@ -320,10 +342,13 @@ class Workers:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            torch.set_num_threads(self._threads)
+        try:
+            for pool in self._pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._pools.clear()
+            if self.single:
+                torch.set_num_threads(self._threads)
 
     def local(self, make: Callable[[], S]) -> S:
         """``make()``, once per worker thread (once in all when there are no workers)."""
@@ -331,12 +356,19 @@ class Workers:
             self._local.value = make()
         return self._local.value
 
-    def map(self, fn: Callable[[T], S], items: Iterable[T]) -> Iterator[S]:
+    def map(self, fn: Callable[[T], S], items: Sequence[T]) -> Iterator[S]:
         """``fn(item)`` for each item, in order (computed ahead by the workers, if any)."""
-        pool = self._pool
-        if pool is None:
+        workers = self.workers_for(len(items))
+        if workers <= 1:
             yield from map(fn, items)
             return
+        pool = ThreadPoolExecutor(
+            workers,
+            thread_name_prefix="aevb-chunk",
+            initializer=torch.set_num_threads,  # before any of its operations
+            initargs=(1,),
+        )
+        self._pools.append(pool)
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
         def run(item: T) -> S:
@@ -348,7 +380,7 @@ class Workers:
         try:
             for item in todo:
                 pending.append(pool.submit(run, item))
-                if len(pending) >= 2 * self.workers:
+                if len(pending) >= 2 * workers:
                     break
             while pending:
                 result = pending.popleft().result()

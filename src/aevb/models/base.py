@@ -19,6 +19,12 @@ labels for a label-conditioned model, the observed part of x for a completion mo
 The objective is not part of the model: :mod:`aevb.objectives` turns these pieces into a
 loss, and the trainer's step holds model and objective together.
 
+Without autograd on a CPU with several threads, the estimators call a model from several
+threads at once (:class:`aevb.workspace.Workers`): the posterior's and prior's sampling
+and densities, ``log_likelihood`` and the function of ``log_likelihood_fn`` (one per
+worker thread). They must only read the model and the objects they were given; state a
+call writes belongs in what ``log_likelihood_fn`` returns.
+
 Two optional capabilities have defaults that keep every model working:
 
 * ``charts(x, y)`` — extra pictures of the model (e.g. codebook usage) as :class:`Chart`
@@ -147,7 +153,9 @@ class LatentVariableModel(nn.Module):
         :func:`~aevb.models.networks.decoder_log_likelihood`). Equal to
         :meth:`log_likelihood` up to float rounding; that is the default. The function
         may keep what it derived from the parameters (e.g. scaled weights): make a new one
-        after the parameters change.
+        after the parameters change. It may keep buffers it overwrites (one function is
+        called by one thread at a time: each of the estimator's worker threads makes its
+        own).
         """
         return lambda z: self.log_likelihood(x, z, y)
 
