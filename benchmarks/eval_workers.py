@@ -1,0 +1,92 @@
+"""What the evaluator's worker threads give on a CPU with several threads, paired.
+
+``aevb.workspace.Workers`` runs the chunks of ``importance_weighted`` on worker threads of
+one PyTorch thread each; with ``aevb.workspace.WORKERS = False`` the chunks run one after
+another, each operation split between the threads by PyTorch. This script runs the two
+alternately in one process (ABBA), reports the median of the paired ratios of wall time
+(the work is on several threads, so thread CPU time would not measure it; on this
+project's shared host the wall clock drifts by +-20% within minutes, and neighbours'
+ratios cancel it), and checks that the workers' estimate is bit-identical to a run on
+one thread, and how far the threaded one is from it.
+
+Usage:
+    python benchmarks/eval_workers.py --arch burda --k 1000 --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_speed import ARCHS, load_data  # noqa: E402
+
+from aevb import RunConfig, build_model, workspace  # noqa: E402
+from aevb.estimators import importance_weighted  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="burda")
+    parser.add_argument("--examples", type=int, default=500)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=0, help="0: PyTorch's default")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    if threads < 2:
+        raise SystemExit("the workers need at least two threads")
+    torch.manual_seed(0)
+    config = RunConfig().replace(
+        input_shape=(1, 28, 28), likelihood="bernoulli", **ARCHS[args.arch]
+    )
+    model = build_model(config).eval()
+    x, source = load_data(args.examples)
+
+    def run(workers: bool) -> tuple[float, torch.Tensor]:
+        workspace.WORKERS = workers
+        try:
+            start = time.perf_counter()
+            out = importance_weighted(model, x, args.k)["log_px_iw"]
+            return time.perf_counter() - start, out
+        finally:
+            workspace.WORKERS = True
+
+    with_workers, split = run(True)[1], run(False)[1]
+    torch.set_num_threads(1)
+    one = importance_weighted(model, x, args.k)["log_px_iw"]
+    torch.set_num_threads(threads)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(args.rounds):
+        for workers in (True, False) if r % 2 == 0 else (False, True):
+            times[workers].append(run(workers)[0])
+    ratios = sorted(b / a for a, b in zip(times[True], times[False], strict=True))
+    pairs = len(x) * args.k
+    print(
+        f"{args.arch}, {len(x)} examples ({source}), K={args.k}, {args.rounds} ABBA rounds, "
+        f"{threads} threads, torch {torch.__version__}"
+    )
+    print(
+        f"examples x K / s: workers {pairs / statistics.median(times[True]):,.0f}, "
+        f"threaded operations {pairs / statistics.median(times[False]):,.0f}; speed-up of "
+        f"the workers (median of paired ratios) {statistics.median(ratios):.3f}x "
+        f"(range {ratios[0]:.3f}-{ratios[-1]:.3f})"
+    )
+    identical = torch.equal(with_workers, one)
+    print(f"workers bit-identical to one thread: {identical}")
+    print(
+        f"threaded operations against one thread: max |diff| {(split - one).abs().max():.2e} nats"
+    )
+    if not identical:
+        raise SystemExit("the workers changed the numbers")
+
+
+if __name__ == "__main__":
+    main()
