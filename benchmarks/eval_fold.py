@@ -15,7 +15,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,27 +23,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_speed import ARCHS, load_data  # noqa: E402
+from eval_speed import bench_model, load_data, paired_arguments  # noqa: E402
 
-from aevb import RunConfig, build_model  # noqa: E402
 from aevb.estimators import importance_weighted  # noqa: E402
 from aevb.models import networks  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="burda")
-    parser.add_argument("--examples", type=int, default=500)
-    parser.add_argument("--k", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = paired_arguments(__doc__, k=128, rounds=30, threads=1)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    config = RunConfig().replace(
-        input_shape=(1, 28, 28), likelihood="bernoulli", **ARCHS[args.arch]
-    )
-    model = build_model(config).eval()
+    model = bench_model(args.arch)
     x, source = load_data(args.examples)
     x = x[: args.examples].reshape(-1, 1, 28, 28).float()
     fold = networks.folded_layers

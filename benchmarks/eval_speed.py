@@ -89,6 +89,24 @@ BOUND_ONEDNN = "oneDNN's linear alone at the decoder's shapes (bound)"
 SHARED = BINARIZED_MNIST / "binarized_mnist_test.amat.gz"
 
 
+def bench_model(arch: str, device: str = "cpu") -> nn.Module:
+    """The benchmark's model of ``arch`` (Bernoulli, 28 x 28, seeded weights), in eval mode."""
+    torch.manual_seed(0)
+    config = RunConfig().replace(input_shape=(1, 28, 28), likelihood="bernoulli", **ARCHS[arch])
+    return build_model(config).to(device).eval()
+
+
+def paired_arguments(doc: str, k: int, rounds: int, threads: int) -> argparse.Namespace:
+    """The command line of the paired comparisons (``eval_fold.py``, ``eval_workers.py``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="burda")
+    parser.add_argument("--examples", type=int, default=500)
+    parser.add_argument("--k", type=int, default=k)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--threads", type=int, default=threads, help="0: PyTorch's default")
+    return parser.parse_args()
+
+
 def load_data(n: int) -> tuple[torch.Tensor, str]:
     if SHARED.exists():
         with gzip.open(SHARED, "rb") as f:
@@ -272,11 +290,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    torch.manual_seed(0)
-    config = RunConfig().replace(
-        input_shape=(1, 28, 28), likelihood="bernoulli", **ARCHS[args.arch]
-    )
-    model = build_model(config).to(args.device).eval()
+    model = bench_model(args.arch, args.device)
     x, source = load_data(max(args.examples, args.ref_examples))
     x = x.to(args.device)
     ds = Dataset(

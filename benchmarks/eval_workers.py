@@ -15,7 +15,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,30 +23,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_speed import ARCHS, load_data  # noqa: E402
+from eval_speed import bench_model, load_data, paired_arguments  # noqa: E402
 
-from aevb import RunConfig, build_model, workspace  # noqa: E402
+from aevb import workspace  # noqa: E402
 from aevb.estimators import importance_weighted  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="burda")
-    parser.add_argument("--examples", type=int, default=500)
-    parser.add_argument("--k", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=0, help="0: PyTorch's default")
-    args = parser.parse_args()
+    args = paired_arguments(__doc__, k=1000, rounds=6, threads=0)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     if threads < 2:
         raise SystemExit("the workers need at least two threads")
-    torch.manual_seed(0)
-    config = RunConfig().replace(
-        input_shape=(1, 28, 28), likelihood="bernoulli", **ARCHS[args.arch]
-    )
-    model = build_model(config).eval()
+    model = bench_model(args.arch)
     x, source = load_data(args.examples)
 
     def run(workers: bool) -> tuple[float, torch.Tensor]:
