@@ -37,8 +37,11 @@ def test_chunks_run_on_threads_of_one_and_come_back_in_order(two_threads, monkey
         lambda n: set_to.append((threading.current_thread().name, n)) or real(n),
     )
     seen = []
+    both = threading.Barrier(2, timeout=30)  # the first two items meet: two threads ran
 
     def fn(i: int) -> int:
+        if i < 2:
+            both.wait()
         time.sleep(0.002 * (i % 3))  # finish out of order
         seen.append((threading.current_thread().name, torch.get_num_threads()))
         return i * i
@@ -69,9 +72,16 @@ def test_no_more_workers_than_chunks():
     threads = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
+        all_three = threading.Barrier(3, timeout=30)  # three threads, or this times out
+
+        def fn(i: int) -> tuple[int, str]:
+            all_three.wait()
+            return i, threading.current_thread().name
+
         with Workers(CPU) as w:
-            assert w.workers_for(3) == 3
-            assert sorted(w.map(lambda i: i, range(3))) == [0, 1, 2]
+            assert w.workers_for(3) == 3 and w.workers_for(100) == 4
+            out = list(w.map(fn, [2, 0, 1]))
+        assert [i for i, _ in out] == [2, 0, 1] and len({name for _, name in out}) == 3
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(threads)
@@ -127,7 +137,17 @@ def test_local_state_is_one_per_worker_and_modes_are_the_callers(two_threads):
 
 
 @pytest.mark.parametrize(
-    "why", ["one thread", "switched off", "autocast", "not a cpu", "device mode", "flop counter"]
+    "why",
+    [
+        "one thread",
+        "switched off",
+        "disabled",
+        "autocast",
+        "not a cpu",
+        "device mode",
+        "flop counter",
+        "profiler",
+    ],
 )
 def test_no_workers_where_they_do_not_apply(why, two_threads, monkeypatch):
     device = CPU
@@ -142,12 +162,49 @@ def test_no_workers_where_they_do_not_apply(why, two_threads, monkeypatch):
         "autocast": torch.autocast("cpu"),
         "device mode": torch.device("cpu"),
         "flop counter": FlopCounterMode(display=False),
+        "profiler": torch.profiler.profile(),
     }
-    with modes.get(why, torch.autocast("cpu", enabled=False)), Workers(device) as w:
+    mode = modes.get(why, torch.autocast("cpu", enabled=False))
+    with mode, Workers(device, enabled=why != "disabled") as w:
         assert w.workers_for(10) == 1
         names = list(w.map(lambda i: threading.current_thread().name, range(3)))
         assert torch.get_num_threads() == threads  # the operations keep the caller's threads
     assert names == [MAIN] * 3
+
+
+def test_map_runs_inside_the_block_only(two_threads):
+    w = Workers(CPU)
+    with pytest.raises(RuntimeError, match="inside its `with` block"):
+        list(w.map(lambda i: i, range(3)))
+    assert torch.get_num_threads() == 2
+
+
+def test_a_point_mass_keeps_every_thread(two_threads, monkeypatch):
+    """VQ-VAE's q is a point mass: one sample, one chunk whatever the chunk size, so its
+    estimate keeps PyTorch's threads."""
+    model = make_model(
+        model="vqvae",
+        arch="conv",
+        hidden=(8,),
+        input_shape=(1, 8, 8),
+        likelihood="bernoulli",
+        codebook_size=16,
+        code_dim=4,
+        pixelcnn_channels=8,
+        pixelcnn_layers=2,
+    ).eval()
+    assert model.latent.noise.deterministic
+    threads_seen = []
+    real = type(model).log_likelihood_fn
+
+    def spy(self, *a, **kw):
+        threads_seen.append(torch.get_num_threads())
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(model), "log_likelihood_fn", spy)
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)).round()
+    importance_weighted(model, x, 50)
+    assert threads_seen == [2]
 
 
 # Models at sizes where two threads split ATen's loops (a group's logits, 45 x 784 numbers,
@@ -227,9 +284,20 @@ def test_the_estimate_with_workers_is_the_estimate_on_one_thread(name, two_threa
 
 
 @pytest.mark.parametrize("name", ["tanh-mlp", "hvae", "vamp", "cvae"])
-def test_the_naive_estimate_with_workers_is_the_estimate_on_one_thread(name, two_threads):
+def test_the_naive_estimate_with_workers_is_the_estimate_on_one_thread(
+    name, two_threads, monkeypatch
+):
     model, x, y = _model(name)
+    scored_in, real = set(), type(model).log_likelihood
+
+    def spy(self, *a, **kw):
+        scored_in.add(threading.current_thread().name)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(model), "log_likelihood", spy)
     workers = naive_prior(model, x, 300, chunk_size=45 * 8, y=y)
+    assert len(scored_in) == 2 and all(n.startswith("aevb-chunk") for n in scored_in)
+    monkeypatch.setattr(type(model), "log_likelihood", real)
     assert torch.get_num_threads() == 2
     one = _on_one_thread(lambda: naive_prior(model, x, 300, chunk_size=45 * 8, y=y))
     assert torch.equal(workers, one)

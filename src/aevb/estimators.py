@@ -17,13 +17,13 @@ Everything is written against the model interface (:mod:`aevb.models.base`), so 
 for every model. Batched over examples and chunked over samples: a chunk is at most
 ``chunk_size`` (example, sample) pairs (or one group of :func:`aevb.workspace.group_size`
 samples, fewer than 64 + B pairs, if that is more), and at most a few chunks per worker
-thread are in memory at once (one worker but on a CPU with several threads), so memory is
-bounded whatever K. The noise of sample k of a batch depends only on (seed, k); chunks
+thread are in memory at once (one thread computes them unless the CPU has several), so
+memory is bounded whatever K. The noise of sample k of a batch depends only on (seed, k); chunks
 are whole groups of samples, each computed by the same calls whatever the chunk
 (:mod:`aevb.workspace`: matmuls and transcendentals group by group); and the samples are
 reduced in fixed blocks whatever the chunks (:class:`SampleReducer`), so results are
 bit-identical for every chunk size. On a CPU with several threads every operation runs on
-one thread and the chunks on as many worker threads (:class:`aevb.workspace.Workers`),
+one thread and the chunks on up to as many worker threads (:class:`aevb.workspace.Workers`),
 reduced in order: the numbers of a one-thread run. The likelihood is prepared once per
 batch and worker (``model.log_likelihood_fn``: the per-example work done once, the
 decoder's last layer fused with the likelihood where the model offers it). A
@@ -152,8 +152,9 @@ def importance_weighted(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
-    # on a CPU with several threads: every operation on one thread, the chunks on workers
-    with Workers(x.device) as workers:
+    # On a CPU with several threads: every operation on one thread, the chunks on workers.
+    # A point mass is one sample, one chunk whatever the chunk size: all threads on it.
+    with Workers(x.device, enabled=not model.latent.noise.deterministic) as workers:
         return _importance_weighted(model, x, k, chunk_size, seed, y, workers)
 
 

@@ -300,8 +300,17 @@ class Workers:
     one thread too. Every operation of the block then runs on one thread, however many
     items there are (a single one in the calling thread), so its numbers are those of a
     one-thread run whatever the chunking: which elements ATen computes in scalar form,
-    and which kernels MKL and oneDNN pick, depend on the number of threads. Fewer items
-    than threads leave cores idle (small K on a many-core CPU).
+    and which kernels MKL and oneDNN pick, depend on the number of threads. The price:
+    the per-example work before the loop (the encoder) runs on one thread, and fewer
+    items than threads leave cores idle (K * B within a few chunks on a many-core CPU).
+    A computation that is one chunk whatever the chunk size (a point-mass posterior)
+    passes ``enabled=False`` and keeps every thread.
+
+    PyTorch's thread count is process-wide state: a thread of the caller's program that
+    first uses PyTorch while the block runs starts on one thread and keeps it. (On a
+    PyTorch built with its native thread pool instead of OpenMP, which accepts one
+    change of the count per process, the block keeps the caller's threads when the
+    change is refused.)
 
     A few items run ahead of the one handed back (two per worker), so memory stays at a
     few chunks per worker; an exception, in an item or in the loop's body, cancels the
@@ -316,19 +325,25 @@ class Workers:
     else ``fn`` reaches (the model, q, p) is read by several threads at once.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, enabled: bool = True) -> None:
         self._threads = torch.get_num_threads()
         self.single = (  # every operation on one thread, the items on worker threads
-            WORKERS and device.type == "cpu" and self._threads > 1 and _plain_thread_state()
+            enabled
+            and WORKERS
+            and device.type == "cpu"
+            and self._threads > 1
+            and _plain_thread_state()
         )
         self._local = threading.local()
         self._pools: list[ThreadPoolExecutor] = []
+        self._entered = False
 
     def workers_for(self, items: int) -> int:
         """Worker threads that :meth:`map` runs ``items`` items on (1: the calling thread)."""
         return min(self._threads, items) if self.single else 1
 
     def __enter__(self) -> Workers:
+        self._entered = True
         if self.single:
             torch.set_num_threads(1)
             if torch.get_num_threads() != 1:  # a build whose pool ignores it once started
@@ -347,17 +362,22 @@ class Workers:
                 pool.shutdown(wait=True, cancel_futures=True)
         finally:
             self._pools.clear()
+            self._entered = False
             if self.single:
                 torch.set_num_threads(self._threads)
 
     def local(self, make: Callable[[], S]) -> S:
-        """``make()``, once per worker thread (once in all when there are no workers)."""
+        """``make()``, once per thread that computes this block's items (the calling thread
+        when there are no workers): one kind of state per block."""
         if not hasattr(self._local, "value"):
             self._local.value = make()
         return self._local.value
 
     def map(self, fn: Callable[[T], S], items: Sequence[T]) -> Iterator[S]:
-        """``fn(item)`` for each item, in order (computed ahead by the workers, if any)."""
+        """``fn(item)`` for each item, in order (computed ahead by the workers, if any),
+        inside the ``with`` block only."""
+        if not self._entered:
+            raise RuntimeError("Workers.map runs inside its `with` block")
         workers = self.workers_for(len(items))
         if workers <= 1:
             yield from map(fn, items)

@@ -22,8 +22,9 @@ loss, and the trainer's step holds model and objective together.
 Without autograd on a CPU with several threads, the estimators call a model from several
 threads at once (:class:`aevb.workspace.Workers`): the posterior's and prior's sampling
 and densities, ``log_likelihood`` and the function of ``log_likelihood_fn`` (one per
-worker thread). They must only read the model and the objects they were given; state a
-call writes belongs in what ``log_likelihood_fn`` returns.
+worker thread). They must not change what another call reads (a value cached on q, the
+same whichever thread computes it, is fine); state a call overwrites belongs in what
+``log_likelihood_fn`` returns.
 
 Two optional capabilities have defaults that keep every model working:
 
