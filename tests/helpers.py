@@ -69,6 +69,20 @@ def make_model(dtype=None, **fields):
     return model.to(dtype) if dtype is not None else model
 
 
+# A VQ-VAE small enough for unit tests: 8 x 8 images, 16 codes of 4 numbers, a tiny PixelCNN.
+SMALL_VQVAE = dict(
+    model="vqvae",
+    arch="conv",
+    hidden=(8,),
+    input_shape=(1, 8, 8),
+    likelihood="bernoulli",
+    codebook_size=16,
+    code_dim=4,
+    pixelcnn_channels=8,
+    pixelcnn_layers=2,
+)
+
+
 def encode(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """mu and logvar of a Gaussian model's q(z|x)."""
     q = model.posterior(x)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error, run_cli, state_dicts_equal
+from helpers import SMALL_VQVAE, assert_one_line_error, run_cli, state_dicts_equal
 
 import aevb
 from aevb import checkpoint as ckpt
@@ -178,18 +178,7 @@ def test_scoreboard_rows_build_jang_et_al_models():
 # --- VQ-VAE: the model's numbers --------------------------------------------------------------
 def _small_vqvae(**kw):
     torch.manual_seed(0)
-    fields = dict(
-        model="vqvae",
-        arch="conv",
-        hidden=(8,),
-        input_shape=(1, 8, 8),
-        likelihood="bernoulli",
-        codebook_size=16,
-        code_dim=4,
-        pixelcnn_channels=8,
-        pixelcnn_layers=2,
-    )
-    return _build(**{**fields, **kw})
+    return _build(**{**SMALL_VQVAE, **kw})
 
 
 def test_vqvae_point_mass_bound_uniform_then_learned_prior():

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import make_model
+from helpers import SMALL_VQVAE, make_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from aevb import RunConfig, build_model, workspace
@@ -182,17 +182,7 @@ def test_map_runs_inside_the_block_only(two_threads):
 def test_a_point_mass_keeps_every_thread(two_threads, monkeypatch):
     """VQ-VAE's q is a point mass: one sample, one chunk whatever the chunk size, so its
     estimate keeps PyTorch's threads."""
-    model = make_model(
-        model="vqvae",
-        arch="conv",
-        hidden=(8,),
-        input_shape=(1, 8, 8),
-        likelihood="bernoulli",
-        codebook_size=16,
-        code_dim=4,
-        pixelcnn_channels=8,
-        pixelcnn_layers=2,
-    ).eval()
+    model = make_model(**SMALL_VQVAE).eval()
     assert model.latent.noise.deterministic
     threads_seen = []
     real = type(model).log_likelihood_fn
