@@ -291,3 +291,9 @@ def test_the_naive_estimate_with_workers_is_the_estimate_on_one_thread(
     assert torch.get_num_threads() == 2
     one = _on_one_thread(lambda: naive_prior(model, x, 300, chunk_size=45 * 8, y=y))
     assert torch.equal(workers, one)
+
+
+def test_no_workers_where_pytorch_lacks_a_private_function_asked(two_threads, monkeypatch):
+    monkeypatch.delattr(torch._C, "_len_torch_dispatch_stack")
+    with Workers(CPU) as w:
+        assert w.workers_for(10) == 1 and torch.get_num_threads() == 2

@@ -218,7 +218,7 @@ def _onednn_works() -> bool:
         rows = torch.randn(70, 33, generator=gen)
         weight, bias = torch.randn(17, 33, generator=gen), torch.randn(17, generator=gen)
         with torch.no_grad():
-            got = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+            got = onednn_linear(rows, weight, bias)
         want = torch.nn.functional.linear(rows.double(), weight.double(), bias.double())
         return got.shape == want.shape and bool((got.double() - want).abs().max() < 1e-4)
     except Exception:  # an operator missing or refusing in this build: torch.mm then
@@ -280,14 +280,18 @@ WORKERS = True
 def _plain_thread_state() -> bool:
     """Nothing thread-local that worker threads would not share: no autocast, no torch
     function or dispatch mode (``torch.device`` as a context, a FLOP counter), no profiler,
-    no functorch transform."""
-    return (
-        not torch.is_autocast_enabled("cpu")
-        and torch._C._len_torch_function_stack() == 0
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch.autograd._profiler_enabled()
-        and torch._C._functorch.maybe_current_level() is None
-    )
+    no functorch transform. False where this PyTorch lacks one of the private functions
+    asked (then no workers: the safe side)."""
+    try:
+        return (
+            not torch.is_autocast_enabled("cpu")
+            and torch._C._len_torch_function_stack() == 0
+            and torch._C._len_torch_dispatch_stack() == 0
+            and not torch.autograd._profiler_enabled()
+            and torch._C._functorch.maybe_current_level() is None
+        )
+    except AttributeError:
+        return False
 
 
 class Workers:
