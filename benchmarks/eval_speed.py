@@ -66,6 +66,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import BINARIZED_MNIST  # noqa: E402  (benchmarks/_machine.py)
 
+import aevb.native  # noqa: E402
 import aevb.workspace  # noqa: E402
 from aevb import RunConfig, build_model  # noqa: E402
 from aevb.data import Dataset, DatasetInfo
@@ -97,7 +98,8 @@ def bench_model(arch: str, device: str = "cpu") -> nn.Module:
 
 
 def paired_arguments(doc: str, k: int, rounds: int, threads: int) -> argparse.Namespace:
-    """The command line of the paired comparisons (``eval_fold.py``, ``eval_workers.py``)."""
+    """The command line of the paired comparisons (``eval_fold.py``, ``eval_workers.py``,
+    ``eval_native.py``)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHS), default="burda")
     parser.add_argument("--examples", type=int, default=500)
@@ -105,6 +107,17 @@ def paired_arguments(doc: str, k: int, rounds: int, threads: int) -> argparse.Na
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--threads", type=int, default=threads, help="0: PyTorch's default")
     return parser.parse_args()
+
+
+def abba(run: Callable[[bool], float], rounds: int) -> tuple[dict[bool, list[float]], list[float]]:
+    """``run(True)`` and ``run(False)`` (each returning seconds) alternately in ABBA order:
+    ``({side: times}, sorted paired ratios False / True)`` for the paired comparisons."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for side in (True, False) if r % 2 == 0 else (False, True):
+            times[side].append(run(side))
+    ratios = sorted(b / a for a, b in zip(times[True], times[False], strict=True))
+    return times, ratios
 
 
 def load_data(n: int) -> tuple[torch.Tensor, str]:
@@ -283,10 +296,18 @@ def main() -> None:
         help="aevb's chunks on worker threads of one thread each (aevb's default on a CPU "
         "with several threads), or one after another, each operation on all threads",
     )
+    p.add_argument(
+        "--native",
+        default="on",
+        choices=["on", "off"],
+        help="aevb's native Bernoulli kernel where it loads (aevb's default), or PyTorch's "
+        "operators only",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     aevb.workspace.ONEDNN = args.matmul == "onednn"
     aevb.workspace.WORKERS = args.workers == "on"
+    aevb.native.ENABLED = args.native == "on"
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -411,6 +432,7 @@ def main() -> None:
         "fraction_of_each_bound": bound_fractions,
         "matmul": args.matmul,
         "workers": args.workers,
+        "native": aevb.native.status(),
         "matmul_peak_gflops_per_cpu_s": peak_cpu / 1e9,
         "fraction_of_matmul_peak": fraction,
         "fraction_of_matmul_peak_cpu_time": fraction_cpu,
@@ -441,6 +463,7 @@ def main() -> None:
         f"{out['load_average_end']}"
     )
     print(f"median of {args.repeats} ABBA repeats; command: {out['command']}")
+    print(f"aevb's native kernels: {out['native']}")
     print()
     print("| method | examples x K / s | speed-up | examples x K / CPU-s | speed-up |")
     print("| --- | ---: | ---: | ---: | ---: |")

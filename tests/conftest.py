@@ -1,11 +1,17 @@
 """Shared fixtures: small trained runs on the built-in digits, made once per session.
 
 The tests use one intra-op thread: their tensors are tiny, and on a shared machine a
-second OpenMP thread waiting for a busy core makes each op take milliseconds.
+second OpenMP thread waiting for a busy core makes each op take milliseconds. aevb's
+native kernels are compiled into a folder of the test session's (its subprocesses
+inherit it), not into the user's cache.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +20,11 @@ import torch
 from helpers import SMALL, CliResult, run_cli
 
 torch.set_num_threads(1)
+
+if "AEVB_NATIVE_DIR" not in os.environ:
+    _native_dir = tempfile.mkdtemp(prefix="aevb-native-")
+    os.environ["AEVB_NATIVE_DIR"] = _native_dir
+    atexit.register(shutil.rmtree, _native_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,255 @@
+"""aevb's native kernels (``aevb.native``): the C against PyTorch in float64, and the promises
+around it: compiled once and cached, used by the evaluator where it loads, and, where it
+cannot load, the PyTorch path with the same numbers to float32 rounding.
+
+This machine has a C compiler (the tests say so if not): the kernels are compiled here
+into the session's folder (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import make_model
+
+from aevb import native
+from aevb.estimators import importance_weighted
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """The native state of a process that has not loaded the kernels yet, with its own
+    cache folder; the session's state is put back afterwards."""
+    saved = dict(native._state)
+    native._state.clear()
+    monkeypatch.setenv("AEVB_NATIVE_DIR", str(tmp_path / "native"))
+    yield tmp_path / "native"
+    native._state.clear()
+    native._state.update(saved)
+
+
+def _lib():
+    lib = native.library()
+    assert lib is not None, f"the native kernels did not load: {native.status()}"
+    return lib
+
+
+def _reference(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_d log sigmoid((2 x - 1) l) in float64, x broadcast over the samples of rows."""
+    sign = (2 * x.double() - 1).repeat(logits.shape[0] // x.shape[0], 1)
+    return F.logsigmoid(sign * logits.double()).sum(-1)
+
+
+def test_a_c_compiler_is_here():
+    """The rest of this file tests the kernels themselves: that needs a compiler."""
+    assert native.compiler() is not None, "no C compiler: install gcc (Debian: apt install gcc)"
+    _lib()
+
+
+@pytest.mark.parametrize("d", [1, 15, 16, 17, 37, 784])
+def test_bernoulli_rows_equal_logsigmoid_sums_in_float64(d):
+    _lib()
+    g = torch.Generator().manual_seed(d)
+    batch, samples = 5, 3
+    x = torch.rand(batch, d, generator=g) < 0.3
+    # a trained model's logit scale, and the extremes the kernel handles itself
+    logits = torch.randn(samples * batch, d, generator=g) * 6 - 3
+    logits[0, 0] = 79.0 if not bool(x[0, 0]) else -79.0  # a pixel costing 79 nats
+    logits[1, -1] = 60.0 if bool(x[1, -1]) else -60.0  # a pixel that is all but certain
+    out = torch.empty(samples * batch)
+    assert native.bernoulli_rows(logits, native.sign_bits(x), out) == 0
+    want = _reference(logits, x)
+    err = (out.double() - want).abs()
+    assert float(err.max()) <= 2e-6 * d + 1e-6, float(err.max())  # float32 rounding of the sum
+    assert float((err / want.abs().clamp_min(1)).max()) <= 1e-6
+
+
+def test_rows_beyond_80_nats_or_nan_are_left_to_the_caller():
+    _lib()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 40, generator=g) < 0.5
+    logits = torch.randn(8, 40, generator=g)
+    logits[2, 7] = -85.0 if bool(x[2, 7]) else 85.0  # 85 nats for one pixel
+    logits[5, 39] = float("nan")
+    out = torch.empty(8)
+    assert native.bernoulli_rows(logits, native.sign_bits(x), out) == 2
+    assert out.isnan().nonzero().flatten().tolist() == [2, 5]
+    keep = torch.tensor([0, 1, 3, 4, 6, 7])
+    torch.testing.assert_close(out[keep].double(), _reference(logits, x)[keep], rtol=0, atol=1e-5)
+
+
+def test_each_row_is_computed_alike_wherever_it_sits():
+    """What makes the estimate bit-identical whatever the chunk size: a row's number does
+    not depend on the other rows of the call."""
+    _lib()
+    g = torch.Generator().manual_seed(1)
+    b, d = 3, 100
+    x = torch.rand(b, d, generator=g) < 0.3
+    flip = native.sign_bits(x)
+    logits = torch.randn(4 * b, d, generator=g) * 5
+    whole = torch.empty(4 * b)
+    native.bernoulli_rows(logits, flip, whole)
+    for r in range(4 * b):
+        one = torch.empty(1)
+        native.bernoulli_rows(logits[r : r + 1].clone(), flip[r % b : r % b + 1].clone(), one)
+        assert torch.equal(one, whole[r : r + 1])
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])
+@pytest.mark.parametrize("scale, shift", [(2.0, -1.0), (1.0, -0.5)])
+def test_sigmoid_affine_equals_float64(n, scale, shift):
+    """tanh(x / 2) and its half, as the evaluator's tanh layers take them, to 2 ulp."""
+    _lib()
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g) * 20
+    x[0] = {1: 0.0, 15: 100.0, 16: -100.0, 17: float("inf"), 1000: -float("inf")}[n]
+    got = native.sigmoid_affine_(x.clone(), scale, shift)
+    want = scale * torch.sigmoid(x.double()) + shift
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2.5e-7 * scale)
+    nan = native.sigmoid_affine_(torch.full((3,), float("nan")), scale, shift)
+    assert bool(nan.isnan().all())
+
+
+def test_takes_only_what_it_can_compute():
+    _lib()
+    assert native.takes(torch.zeros(4, 3))
+    assert not native.takes(torch.zeros(4, 3, dtype=torch.float64))
+    assert not native.takes(torch.zeros(3, 4).t())
+    assert not native.takes(torch.zeros(4, requires_grad=True))
+    with torch.no_grad():
+        assert native.takes(torch.zeros(4, requires_grad=True))
+
+
+@pytest.mark.parametrize(
+    "logits, flip, out",
+    [
+        (
+            torch.zeros(4, 8, dtype=torch.float64),
+            torch.zeros(2, 8, dtype=torch.int32),
+            torch.zeros(4),
+        ),
+        (torch.zeros(8, 4).t(), torch.zeros(2, 8, dtype=torch.int32), torch.zeros(4)),
+        (torch.zeros(3, 8), torch.zeros(2, 8, dtype=torch.int32), torch.zeros(3)),
+        (torch.zeros(4, 8), torch.zeros(2, 9, dtype=torch.int32), torch.zeros(4)),
+        (torch.zeros(4, 8), torch.zeros(2, 8, dtype=torch.int64), torch.zeros(4)),
+        (torch.zeros(4, 8), torch.zeros(2, 8, dtype=torch.int32), torch.zeros(5)),
+    ],
+)
+def test_the_wrapper_refuses_what_the_c_would_misread(logits, flip, out):
+    """Raw pointers go to C: a wrong dtype, layout or shape must never reach it."""
+    _lib()
+    with pytest.raises(ValueError, match="bernoulli_rows"):
+        native.bernoulli_rows(logits, flip, out)
+
+
+def test_compiled_once_then_loaded_from_the_private_cache(fresh, monkeypatch):
+    assert native.library() is not None
+    files = list(fresh.glob("kernels-*.so"))
+    assert len(files) == 1
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert not list(fresh.glob(".build-*"))  # the temporary build folder is gone
+    native._state.clear()
+
+    def no_compiler(*a, **k):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(subprocess, "run", no_compiler)
+    assert native.library() is not None
+    assert str(files[0]) in native.status()
+
+
+@pytest.mark.parametrize(
+    "cc, why",
+    [
+        ("/nonexistent/cc", "no C compiler"),
+        ("false", "failed"),  # a compiler that fails
+    ],
+)
+def test_without_a_working_compiler_aevb_uses_pytorch(fresh, monkeypatch, cc, why):
+    monkeypatch.setenv("CC", cc)
+    assert native.library() is None
+    assert why in native.status()
+    with pytest.raises(RuntimeError, match="native kernels"):
+        native.bernoulli_rows(
+            torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1)
+        )
+
+
+def test_a_folder_others_may_write_to_is_not_loaded_from(fresh):
+    fresh.mkdir(parents=True)
+    os.chmod(fresh, 0o777)
+    assert native.library() is None
+    assert "not a folder of this user's only" in native.status()
+
+
+def test_switched_off(monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert native.library() is None
+    assert native.status().startswith("off")
+
+
+ACTIVATIONS = {"relu": (64,), "tanh": (64, 48)}  # hidden widths
+
+
+def _realistic(activation: str = "relu") -> tuple[torch.nn.Module, torch.Tensor]:
+    """float32 784-pixel model with a trained model's logit scale, binary data drawn from it."""
+    torch.manual_seed(0)
+    model = make_model(
+        torch.float32,
+        input_shape=(784,),
+        likelihood="bernoulli",
+        hidden=ACTIVATIONS[activation],
+        activation=activation,
+        latent_dim=8,
+    ).eval()
+    with torch.no_grad():
+        z = model.prior().sample(256, generator=torch.Generator().manual_seed(2))
+        head = model.decoder.head
+        head.weight.mul_(6.0 / (model.decode(z) - head.bias).std())
+        head.bias.fill_(-3.0)
+        x = model.sample(40, mean=False, generator=torch.Generator().manual_seed(3))
+    return model, x
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_the_estimator_uses_the_kernels_and_agrees_with_the_pytorch_path(monkeypatch, activation):
+    _lib()
+    model, x = _realistic(activation)
+    calls: dict[str, int] = {}
+    for name in ("bernoulli_rows", "sigmoid_affine_"):
+        real = getattr(native, name)
+
+        def spy(*a, name=name, real=real, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(native, name, spy)
+    fast = importance_weighted(model, x, 300, chunk_size=2000, seed=4)["log_px_iw"]
+    assert calls.get("bernoulli_rows")  # the kernels computed the likelihoods
+    assert bool(calls.get("sigmoid_affine_")) == (activation == "tanh")  # and the tanh layers
+    other = importance_weighted(model, x, 300, chunk_size=520, seed=4)["log_px_iw"]
+    assert torch.equal(fast, other)  # bit-identical whatever the chunk size, with the kernel
+    monkeypatch.setattr(native, "ENABLED", False)
+    slow = importance_weighted(model, x, 300, chunk_size=2000, seed=4)["log_px_iw"]
+    assert -700 < float(slow.mean()) < -100
+    assert float((fast - slow).abs().max()) <= 1e-4  # nats per example
+
+
+def test_a_pixel_beyond_80_nats_falls_back_to_the_pytorch_path():
+    _lib()
+    model, x = _realistic()
+    with torch.no_grad():
+        model.decoder.head.bias[0] = -200.0  # pixel 0 "never on"
+        x[:, 0] = 1.0  # but it is: more than 80 nats for it in every sample
+    f = model.log_likelihood_fn(x)
+    z = torch.randn(2, len(x), model.latent.numel)
+    with torch.inference_mode():
+        got = f(z)
+    want = model.log_likelihood(x, z)
+    assert bool(got.isfinite().all())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
