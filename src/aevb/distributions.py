@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import native
 from .workspace import groups
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -149,10 +150,62 @@ def log_bernoulli(x: Tensor, logits: Tensor, event_dims: int = 1) -> Tensor:
     Returns:
         ``[...]`` log-probabilities.
     """
+    if _native_bernoulli_takes(x, logits, event_dims):
+        d = math.prod(logits.shape[logits.dim() - event_dims :])
+        out = _NativeBernoulli.apply(logits.view(-1, d), x.reshape(-1, d))
+        return out.view(logits.shape[: logits.dim() - event_dims])
     x, logits = torch.broadcast_tensors(x, logits)
     # Negate after the reduction: the same numbers, two passes over the data fewer.
     nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     return -sum_event(nll, event_dims)
+
+
+def _native_bernoulli_takes(x: Tensor, logits: Tensor, event_dims: int) -> bool:
+    """Whether :class:`_NativeBernoulli` computes :func:`log_bernoulli`: float32 CPU tensors,
+    x ``[B, *event]`` (or logits' shape) broadcast over logits ``[..., B, *event]``'s leading
+    dimensions only, events of 16 numbers or more, no gradient for x (data), no functorch
+    transform; where aevb's native kernels load (:func:`aevb.native.takes`)."""
+    return (
+        native.ENABLED
+        and event_dims >= 1
+        and type(x) is Tensor
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.is_contiguous()
+        and 1 <= x.dim() <= logits.dim()
+        and x.shape == logits.shape[logits.dim() - x.dim() :]
+        and x.dim() >= event_dims
+        and math.prod(x.shape[x.dim() - event_dims :]) >= 16
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and torch._C._functorch.maybe_current_level() is None
+        and native.takes(logits.detach())
+    )
+
+
+class _NativeBernoulli(torch.autograd.Function):
+    """``sum_d x_d l_d - softplus(l_d)`` per row of logits ``[N, D]`` (x ``[B, D]``, row r
+    against x's row r % B) and its gradient ``x - sigmoid(l)`` in one pass of C
+    (:func:`aevb.native.bernoulli_grad`), where PyTorch's cross-entropy takes a forward
+    pass, a sum and a backward pass (measured in docs/benchmarks.md, "Native kernels").
+    The gradient is kept from the forward pass; a backward pass that builds a graph
+    (``create_graph=True``: second derivatives) recomputes it with PyTorch's operators,
+    differentiable again. In the logits only (x is data)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        out = logits.new_empty(logits.shape[0])
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        native.bernoulli_grad(logits, x, out, grad)
+        ctx.save_for_backward(logits, x, grad)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None]:  # type: ignore[override]
+        logits, x, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a gradient that is differentiable itself
+            rows = x.repeat(logits.shape[0] // x.shape[0], 1)
+            grad = rows - torch.sigmoid(logits)
+        return grad * grad_out.unsqueeze(-1), None
 
 
 # Products of at most this many factors in [1/2, 1) stay far from float32's underflow

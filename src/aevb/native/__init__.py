@@ -37,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,10 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     fn = lib.aevb_sigmoid_affine
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
+    fn = lib.aevb_bernoulli_grad
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    fn.argtypes += [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     error = _check(lib)
     if error is not None:
         return None, f"not used: {path} failed its check ({error})"
@@ -174,6 +179,15 @@ def _check(lib: ctypes.CDLL) -> str | None:
     err = float((out[:-1].double() - want[:-1]).abs().max())
     if err > 1e-4:
         return f"off by {err:.3g} nats"
+    xs = torch.rand(rows - 1, d, generator=g)  # grey levels: the cross-entropy
+    got, grad = torch.empty(rows - 1), torch.empty(rows - 1, d)
+    bernoulli_grad(logits[:-1], xs, got, grad, lib=lib)
+    ls, xd = logits[:-1].double(), xs.double()
+    want = -F.binary_cross_entropy_with_logits(ls, xd, reduction="none").sum(-1)
+    err = float((got.double() - want).abs().max())
+    err_grad = float((grad.double() - (xd - ls.sigmoid())).abs().max())
+    if err > 1e-4 or err_grad > 1e-6:
+        return f"cross-entropy off by {err:.3g} nats, its gradient by {err_grad:.3g}"
     t = torch.linspace(-120, 120, 97)  # not a multiple of 16
     sigmoid_affine_(t, 2.0, -1.0, lib=lib)
     err = float((t.double() - torch.linspace(-120, 120, 97).double().div(2).tanh()).abs().max())
@@ -256,3 +270,43 @@ def sigmoid_affine_(
         raise ValueError(f"sigmoid_affine_: x {tuple(x.shape)} {x.dtype} on {x.device}")
     lib.aevb_sigmoid_affine(x.data_ptr(), x.numel(), scale, shift)
     return x
+
+
+def bernoulli_grad(
+    logits: Tensor,
+    x: Tensor,
+    out: Tensor,
+    grad: Tensor | None = None,
+    lib: ctypes.CDLL | None = None,
+) -> None:
+    """``out[r] = sum_d x_d l_d - softplus(l_d)`` (the Bernoulli log-likelihood of binary x,
+    the cross-entropy of x in [0, 1]) and ``grad[r, d] = x_d - sigmoid(l_d)``, its gradient
+    in the logits, in one pass (``aevb_bernoulli_grad``); x is the row ``r % B`` of ``x``.
+
+    Args:
+        logits: ``[N, D]`` float32, contiguous, on the CPU; N a multiple of B.
+        x: ``[B, D]`` float32, contiguous.
+        out: ``[N]`` float32, contiguous, written.
+        grad: ``[N, D]`` float32, contiguous, written; None for the sums only.
+        lib: the library (default :func:`library`, which must not be None).
+    """
+    lib = lib or library()
+    if lib is None:
+        raise RuntimeError(f"aevb's native kernels are {status()}")
+    n, d = logits.shape
+    b = x.shape[0]
+    tensors = [logits, x, out] + ([grad] if grad is not None else [])
+    ok = (
+        all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        and all(t.is_contiguous() for t in tensors)
+        and x.shape == (b, d)
+        and out.shape == (n,)
+        and (grad is None or grad.shape == (n, d))
+        and b > 0
+        and n % b == 0
+    )
+    if not ok:
+        shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in tensors)
+        raise ValueError(f"bernoulli_grad: {shapes}")
+    g = grad.data_ptr() if grad is not None else None
+    lib.aevb_bernoulli_grad(logits.data_ptr(), x.data_ptr(), n, b, d, out.data_ptr(), g)

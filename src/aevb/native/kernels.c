@@ -30,6 +30,25 @@ static inline __attribute__((always_inline)) vf splat(float v) { return (vf){0} 
 /* a where mask, else b (mask lanes all ones or all zeros) */
 static inline __attribute__((always_inline)) vf pick(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
+/* 16 floats from p, or the last left < 16 of a row and pad in the other lanes */
+static inline __attribute__((always_inline)) vf load(const float *p, int64_t left, float pad) {
+    vf v;
+    if (left >= LANES) {
+        memcpy(&v, p, sizeof v); /* a constant size: one vector load, not a call */
+    } else {
+        v = splat(pad);
+        memcpy(&v, p, (size_t)left * sizeof(float));
+    }
+    return v;
+}
+
+static inline __attribute__((always_inline)) void store(float *p, vf v, int64_t left) {
+    if (left >= LANES)
+        memcpy(p, &v, sizeof v);
+    else
+        memcpy(p, &v, (size_t)left * sizeof(float));
+}
+
 /* e^x for x >= -87 (smaller x gives e^-87), x <= 88: Cody-Waite reduction by ln 2 and the
    degree-7 polynomial of Cephes' expf (~1 ulp) */
 static inline __attribute__((always_inline)) vf exp_(vf x) {
@@ -121,11 +140,52 @@ CLONES int64_t aevb_bernoulli_rows(const float *logits, const int32_t *flip, int
 CLONES void aevb_sigmoid_affine(float *x, int64_t n, float scale, float shift) {
     const vf big = splat(88.0f);
     for (int64_t i = 0; i < n; i += LANES) {
-        vf v = splat(0.0f);
-        size_t bytes = (size_t)(n - i < LANES ? n - i : LANES) * sizeof(float);
-        memcpy(&v, x + i, bytes);
+        vf v = load(x + i, n - i, 0.0f);
         vf e = exp_(pick(-v > big, big, -v));
-        v = scale / (1.0f + e) + shift;
-        memcpy(x + i, &v, bytes);
+        store(x + i, scale / (1.0f + e) + shift, n - i);
+    }
+}
+
+/* The Bernoulli log-likelihood of data x under logits and its gradient, row by row, for
+ * any x (the cross-entropy of x in [0, 1]), as training takes it:
+ *
+ *   out[r] = sum_d x_d l_d - softplus(l_d),   grad[r, d] = x_d - sigmoid(l_d),
+ *
+ * with l = logits[r, :] and x the row r % batch of x. softplus(l) = max(l, 0) +
+ * log(1 + e^-|l|): the linear parts are summed per lane and the factors 1 + e^-|l| in
+ * [1, 2] multiplied per lane as in aevb_bernoulli_rows, one log per row. grad may be NULL
+ * (the sums only). Any finite logit is fine; a NaN gives a NaN sum.
+ */
+CLONES void aevb_bernoulli_grad(const float *logits, const float *x, int64_t rows, int64_t batch,
+                                int64_t d, float *out, float *grad) {
+    for (int64_t row = 0; row < rows; row++) {
+        const float *l = logits + row * d;
+        const float *xr = x + (row % batch) * d;
+        vf mant = splat(1.0f), lin = splat(0.0f);
+        vi expo = {0};
+        for (int64_t i = 0; i < d; i += LANES) {
+            vf lv = load(l + i, d - i, 0.0f), xv = load(xr + i, d - i, 0.0f);
+            vi neg = lv < 0.0f;
+            vf e = exp_((vf)((vi)lv | (int32_t)0x80000000)); /* e^-|l| in (0, 1] */
+            vf one_e = 1.0f + e;
+            lin += xv * lv - pick(neg, splat(0.0f), lv);   /* x l - max(l, 0) */
+            if (grad) {
+                vf r = 1.0f / one_e;
+                store(grad + row * d + i, xv - pick(neg, e * r, r), d - i);
+            }
+            vi bits = (vi)(mant * one_e);
+            expo += bits >> 23;
+            mant = (vf)((bits & 0x007fffff) | 0x3f800000);
+        }
+        double m = 1.0, s = 0.0;
+        int64_t e = 0;
+        for (int j = 0; j < LANES; j++) {
+            m *= (double)mant[j];
+            s += (double)lin[j];
+            e += (int64_t)expo[j] - 127 * ((d + LANES - 1) / LANES);
+        }
+        /* the padded lanes of the last vector add l = 0, x = 0: 0 and a factor of 2 each */
+        e -= (LANES - d % LANES) % LANES;
+        out[row] = (float)(s - (log(m) + (double)e * 0.69314718055994530942));
     }
 }
