@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,9 +121,42 @@ def test_takes_only_what_it_can_compute():
     assert native.takes(torch.zeros(4, 3))
     assert not native.takes(torch.zeros(4, 3, dtype=torch.float64))
     assert not native.takes(torch.zeros(3, 4).t())
+    assert not native.takes(torch.zeros(0, 3))
+    assert not native.takes(torch.zeros(4)._neg_view())
     assert not native.takes(torch.zeros(4, requires_grad=True))
+    assert native.takes(torch.zeros(4, requires_grad=True), autograd=True)
     with torch.no_grad():
         assert native.takes(torch.zeros(4, requires_grad=True))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_transforms_that_would_not_see_the_c_get_pytorchs_operators():
+    """Forward-mode AD, vmap, jvp and a JIT trace see PyTorch's operators only: aevb's Tanh
+    (the sigmoid form, in C where it may) gives their right answers."""
+    import torch.autograd.forward_ad as fwAD
+
+    from aevb.models.networks import Tanh
+
+    _lib()
+    act = Tanh()
+    x, v = torch.randn(5, 40), torch.randn(5, 40)
+    with torch.no_grad(), fwAD.dual_level():
+        out = fwAD.unpack_dual(act(fwAD.make_dual(x, v)))
+    torch.testing.assert_close(out.tangent, v * (1 - x.tanh() ** 2))
+    value, tangent = torch.func.jvp(act, (x,), (v,))
+    torch.testing.assert_close(tangent, v * (1 - x.tanh() ** 2))
+    torch.testing.assert_close(torch.func.vmap(act)(x), x.tanh(), rtol=0, atol=3e-7)
+    with torch.no_grad():
+        traced = torch.jit.trace(act, x)
+        torch.testing.assert_close(traced(v), v.tanh(), rtol=0, atol=3e-7)
+
+
+def test_an_empty_batch_has_an_empty_likelihood():
+    from aevb.distributions import log_bernoulli
+
+    _lib()
+    assert log_bernoulli(torch.zeros(0, 784), torch.zeros(0, 784)).shape == (0,)
+    assert log_bernoulli(torch.zeros(0, 784), torch.zeros(5, 0, 784)).shape == (5, 0)
 
 
 @pytest.mark.parametrize(
@@ -158,9 +192,63 @@ def test_compiled_once_then_loaded_from_the_private_cache(fresh, monkeypatch):
     def no_compiler(*a, **k):
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(subprocess, "run", no_compiler)
+    monkeypatch.setattr(subprocess, "Popen", no_compiler)
     assert native.library() is not None
     assert str(files[0]) in native.status()
+
+
+def test_a_library_cut_short_is_built_again_not_loaded(fresh):
+    """Loading a truncated shared library can kill the process (SIGBUS): its SHA-256,
+    recorded beside it when built, is checked first."""
+    assert native.library() is not None
+    (lib,) = fresh.glob("kernels-*.so")
+    good = lib.read_bytes()
+    cut = lib.with_name("cut")  # a new file in its place: this process has the old one mapped
+    cut.write_bytes(good[:1000])
+    os.replace(cut, lib)
+    native._state.clear()
+    assert native.library() is not None
+    assert lib.read_bytes() == good
+    lib.with_suffix(".sha256").unlink()  # a build that died before its commit
+    native._state.clear()
+    assert native.library() is not None
+    assert lib.with_suffix(".sha256").exists()
+
+
+def test_a_failed_build_is_not_tried_again_by_every_process(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "false")
+    assert native.library() is None
+    (failed,) = fresh.glob("kernels-*.failed")
+    native._state.clear()
+
+    def no_compiler(*a, **k):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(subprocess, "Popen", no_compiler)
+    assert native.library() is None
+    assert f"delete {failed} to try again" in native.status()
+
+
+def test_a_compiler_that_hangs_is_killed_with_what_it_started(fresh, monkeypatch, tmp_path):
+    pid_file = tmp_path / "pid"
+    cc = tmp_path / "slow-cc"
+    cc.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pid_file}\nwait\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setattr(native, "COMPILE_TIMEOUT_S", 1)
+    assert native.library() is None
+    assert "took more than 1 s" in native.status()
+    pid = int(pid_file.read_text())
+    state = Path(f"/proc/{pid}/stat")  # the compiler's own child is gone too (or a zombie)
+    assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_first_load_under_a_float64_default_still_loads(fresh):
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert native.library() is not None, native.status()
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 @pytest.mark.parametrize(
@@ -183,6 +271,13 @@ def test_without_a_working_compiler_aevb_uses_pytorch(fresh, monkeypatch, cc, wh
 def test_a_folder_others_may_write_to_is_not_loaded_from(fresh):
     fresh.mkdir(parents=True)
     os.chmod(fresh, 0o777)
+    assert native.library() is None
+    assert "not a folder of this user's only" in native.status()
+
+
+def test_a_linked_folder_is_not_loaded_from(fresh, tmp_path):
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    fresh.symlink_to(tmp_path / "elsewhere")
     assert native.library() is None
     assert "not a folder of this user's only" in native.status()
 
@@ -306,8 +401,12 @@ def test_log_bernoulli_on_the_kernel_equals_pytorchs_with_gradients(
         (hvp,) = torch.autograd.grad((grad * v).sum(), logits)
         return value, grad, hvp
 
-    fast = derivatives(True)
+    # first order, as training takes it: the gradient the C wrote, against float64
+    (grad,) = torch.autograd.grad(log_bernoulli(x, logits, event_dims).sum() / 7, logits)
     assert calls
+    want = (x.double() - logits.double().sigmoid()) / 7
+    torch.testing.assert_close(grad.double(), want.expand(logits_shape), rtol=0, atol=3e-8)
+    fast = derivatives(True)
     slow = derivatives(False)
     assert fast[0].shape == slow[0].shape == logits_shape[: len(logits_shape) - event_dims]
     torch.testing.assert_close(fast[0], slow[0], rtol=2e-6, atol=1e-4)

@@ -152,7 +152,8 @@ def log_bernoulli(x: Tensor, logits: Tensor, event_dims: int = 1) -> Tensor:
     """
     if _native_bernoulli_takes(x, logits, event_dims):
         d = math.prod(logits.shape[logits.dim() - event_dims :])
-        out = _NativeBernoulli.apply(logits.view(-1, d), x.reshape(-1, d))
+        need_grad = logits.requires_grad and torch.is_grad_enabled()
+        out = _NativeBernoulli.apply(logits.view(-1, d), x.reshape(-1, d), need_grad)
         return out.view(logits.shape[: logits.dim() - event_dims])
     x, logits = torch.broadcast_tensors(x, logits)
     # Negate after the reduction: the same numbers, two passes over the data fewer.
@@ -161,24 +162,20 @@ def log_bernoulli(x: Tensor, logits: Tensor, event_dims: int = 1) -> Tensor:
 
 
 def _native_bernoulli_takes(x: Tensor, logits: Tensor, event_dims: int) -> bool:
-    """Whether :class:`_NativeBernoulli` computes :func:`log_bernoulli`: float32 CPU tensors,
-    x ``[B, *event]`` (or logits' shape) broadcast over logits ``[..., B, *event]``'s leading
-    dimensions only, events of 16 numbers or more, no gradient for x (data), no functorch
-    transform; where aevb's native kernels load (:func:`aevb.native.takes`)."""
+    """Whether :class:`_NativeBernoulli` computes :func:`log_bernoulli`: x ``[B, *event]``
+    (or logits' shape) broadcast over logits ``[..., B, *event]``'s leading dimensions
+    only, events of 16 numbers or more, both tensors as aevb's native kernels take them
+    (:func:`aevb.native.takes`: float32 CPU, contiguous, non-empty, no transform), x
+    without a gradient (data), the logits with or without one."""
     return (
         native.ENABLED
         and event_dims >= 1
-        and type(x) is Tensor
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and x.is_contiguous()
         and 1 <= x.dim() <= logits.dim()
         and x.shape == logits.shape[logits.dim() - x.dim() :]
         and x.dim() >= event_dims
         and math.prod(x.shape[x.dim() - event_dims :]) >= 16
-        and not (x.requires_grad and torch.is_grad_enabled())
-        and torch._C._functorch.maybe_current_level() is None
-        and native.takes(logits.detach())
+        and native.takes(x)
+        and native.takes(logits, autograd=True)
     )
 
 
@@ -192,20 +189,20 @@ class _NativeBernoulli(torch.autograd.Function):
     differentiable again. In the logits only (x is data)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, logits: Tensor, x: Tensor, need_grad: bool) -> Tensor:  # type: ignore[override]
         out = logits.new_empty(logits.shape[0])
-        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        grad = torch.empty_like(logits) if need_grad else None  # none under no_grad
         native.bernoulli_grad(logits, x, out, grad)
         ctx.save_for_backward(logits, x, grad)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
         logits, x, grad = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a gradient that is differentiable itself
             rows = x.repeat(logits.shape[0] // x.shape[0], 1)
             grad = rows - torch.sigmoid(logits)
-        return grad * grad_out.unsqueeze(-1), None
+        return grad * grad_out.unsqueeze(-1), None, None
 
 
 # Products of at most this many factors in [1/2, 1) stay far from float32's underflow

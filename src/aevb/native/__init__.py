@@ -5,10 +5,13 @@ one loop in C does in one (``kernels.c`` beside this file, documented there). Th
 call in a process compiles that file with the system's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``; a fraction of a second) into ``$AEVB_NATIVE_DIR``, else
 ``$XDG_CACHE_HOME/aevb/native`` or ``~/.cache/aevb/native`` (a folder of this user's only,
-mode 0700), under a name that hashes the source, the compiler and the flags, so later
-processes load it at once. It is written atomically (a temporary file, then a rename):
-processes compiling at the same time leave one good file. The library is checked once per
-process against PyTorch on fixed inputs before it is used.
+mode 0700), under a name that hashes the source, the compiler, the flags and the CPU, so
+later processes load it at once. It is written atomically (a temporary file, flushed, then
+a rename) and its SHA-256 beside it, last: processes compiling at the same time leave one
+good file, and a file cut short by a crash is built again, not loaded. A compiler that
+fails leaves its last line in ``kernels-*.failed``, so later processes do not try again
+(delete it to); one that runs past two minutes is killed with what it started. The library
+is checked once per process against PyTorch on fixed inputs before it is used.
 
 Where any of this fails (no compiler, a folder that is not this user's, a check that does
 not pass), or ``AEVB_NATIVE=0`` is set or :data:`ENABLED` is False, :func:`library` is None
@@ -29,10 +32,13 @@ import os
 import platform
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -108,16 +114,24 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     tool = Path(shutil.which(argv[0]) or argv[0]).resolve()
     st = tool.stat()
     key = hashlib.sha256()
-    for part in (source, *argv, str(tool), str(st.st_size), str(st.st_mtime_ns), *FLAGS):
+    parts = (source, *argv, str(tool), str(st.st_size), str(st.st_mtime_ns), *FLAGS, _cpu())
+    for part in parts:
         key.update(part if isinstance(part, bytes) else part.encode())
         key.update(b"\0")
-    key.update(f"{sys.platform} {platform.machine()}".encode())
     folder = cache_dir()
     path = folder / f"kernels-{key.hexdigest()[:20]}.so"
     if not _private_folder(folder):
         return None, f"not used: {folder} is not a folder of this user's only"
-    if not path.exists():
-        _compile(argv, source, path)
+    failed = path.with_suffix(".failed")
+    if not _verified(path):
+        if failed.exists():  # compiling failed in an earlier process: not again at every start
+            why = failed.read_text(errors="replace").strip()
+            return None, f"not used: {why} (delete {failed} to try again)"
+        try:
+            _compile(argv, source, path)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _write_atomically(failed, str(e).encode())
+            raise
     lib = ctypes.CDLL(str(path))
     fn = lib.aevb_bernoulli_rows
     fn.restype = ctypes.c_int64
@@ -136,51 +150,128 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return lib, f"in use: {path} ({Path(argv[0]).name})"
 
 
+def _cpu() -> str:
+    """What the compiled code may depend on beside the compiler: the OS, the architecture
+    and, on Linux, the CPU's model and instruction sets (a home folder shared by machines
+    with different CPUs, and ``CC="gcc -march=native"``, get a library per CPU)."""
+    cpu = f"{sys.platform} {platform.machine()}"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            wanted = {"model name", "flags", "Features", "CPU part"}
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() in wanted:
+                    cpu += f" {name.strip()}={value.strip()}"
+                    wanted.discard(name.strip())
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        cpu += f" {platform.processor()}"
+    return cpu
+
+
 def _private_folder(folder: Path) -> bool:
-    """Make ``folder`` (mode 0700) where missing; True when it is this user's and no one
-    else may write to it (a library loaded from it runs as this user)."""
+    """Make ``folder`` (mode 0700) where missing; True when it is a real folder (not a
+    symbolic link) of this user's that no one else may write to (a library loaded from it
+    runs as this user)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = folder.stat()
+    return _ours(folder, stat.S_ISDIR)
+
+
+def _ours(path: Path, kind: Callable[[int], bool]) -> bool:
+    """``path`` itself (not followed if a link) is of ``kind``, this user's, and not
+    writable by others."""
+    st = path.lstat()
     owner = not hasattr(os, "getuid") or st.st_uid == os.getuid()
-    return owner and not st.st_mode & 0o022
+    return kind(st.st_mode) and owner and not st.st_mode & 0o022
+
+
+def _verified(path: Path) -> bool:
+    """The library at ``path`` is a regular file of this user's whose SHA-256 is the one
+    recorded beside it when it was built (a file cut short, by a crash or a full disk, is
+    built again rather than loaded: loading it could crash the process)."""
+    digest = path.with_suffix(".sha256")
+    try:
+        if not (_ours(path, stat.S_ISREG) and _ours(digest, stat.S_ISREG)):
+            return False
+        return hashlib.sha256(path.read_bytes()).hexdigest() == digest.read_text().strip()
+    except OSError:
+        return False
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` to ``path``: a temporary file beside it, flushed to disk, renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _compile(argv: list[str], source: bytes, path: Path) -> None:
-    """Compile ``source`` to ``path`` atomically (a temporary file in its folder, renamed)."""
+    """Compile ``source`` to ``path``: built in a temporary folder beside it, then the
+    library and its SHA-256 (the commit) written atomically and flushed to disk. A
+    compiler that runs past COMPILE_TIMEOUT_S is killed with everything it started."""
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
         src, out = Path(tmp) / SOURCE, Path(tmp) / path.name
         src.write_bytes(source)
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [*argv, *FLAGS, "-o", str(out), str(src), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=COMPILE_TIMEOUT_S,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed whole on a timeout
         )
-        if done.returncode != 0 or not out.exists():
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            raise RuntimeError(f"{argv[0]} failed: {lines[-1] if lines else done.returncode}")
-        os.replace(out, path)
+        try:
+            output, _ = proc.communicate(timeout=COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"{argv[0]} took more than {COMPILE_TIMEOUT_S} s") from None
+        if proc.returncode != 0 or not out.exists():
+            lines = output.decode(errors="replace").strip().splitlines()
+            why = lines[-1] if lines else f"exit status {proc.returncode}"
+            raise RuntimeError(f"{argv[0]} failed: {why}")
+        data = out.read_bytes()
+    path.with_suffix(".sha256").unlink(missing_ok=True)  # no digest: not loaded meanwhile
+    _write_atomically(path, data)
+    _write_atomically(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+    path.with_suffix(".failed").unlink(missing_ok=True)
+    if hasattr(os, "O_DIRECTORY"):  # the renames themselves, on disk
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _check(lib: ctypes.CDLL) -> str | None:
-    """The kernels against PyTorch in float64 on fixed inputs: None when they agree."""
+    """The kernels against PyTorch in float64 on fixed inputs: None when they agree.
+    (Float32 CPU tensors explicitly: a process may have changed PyTorch's defaults.)"""
+    f32 = dict(dtype=torch.float32, device="cpu")
     g = torch.Generator().manual_seed(0)
     rows, batch, d = 6, 3, 37  # a row length that is not a multiple of 16
-    logits = torch.randn(rows, d, generator=g) * 8
-    x = torch.rand(batch, d, generator=g) < 0.4
+    logits = torch.randn(rows, d, generator=g, **f32) * 8
+    x = torch.rand(batch, d, generator=g, **f32) < 0.4
     logits[-1, 0] = -200.0 if bool(x[(rows - 1) % batch, 0]) else 200.0  # 200 nats, one pixel
-    out = torch.empty(rows)
+    out = torch.empty(rows, **f32)
     skipped = bernoulli_rows(logits, sign_bits(x), out, lib=lib)
     sign = (2 * x.double() - 1).repeat(rows // batch, 1)
-    want = torch.nn.functional.logsigmoid(sign * logits.double()).sum(-1)
+    want = F.logsigmoid(sign * logits.double()).sum(-1)
     if skipped != 1 or not bool(out[-1].isnan()):
         return f"{skipped} rows skipped where 1 should be"
     err = float((out[:-1].double() - want[:-1]).abs().max())
     if err > 1e-4:
         return f"off by {err:.3g} nats"
-    xs = torch.rand(rows - 1, d, generator=g)  # grey levels: the cross-entropy
-    got, grad = torch.empty(rows - 1), torch.empty(rows - 1, d)
+    xs = torch.rand(rows - 1, d, generator=g, **f32)  # grey levels: the cross-entropy
+    got, grad = torch.empty(rows - 1, **f32), torch.empty(rows - 1, d, **f32)
     bernoulli_grad(logits[:-1], xs, got, grad, lib=lib)
     ls, xd = logits[:-1].double(), xs.double()
     want = -F.binary_cross_entropy_with_logits(ls, xd, reduction="none").sum(-1)
@@ -188,25 +279,46 @@ def _check(lib: ctypes.CDLL) -> str | None:
     err_grad = float((grad.double() - (xd - ls.sigmoid())).abs().max())
     if err > 1e-4 or err_grad > 1e-6:
         return f"cross-entropy off by {err:.3g} nats, its gradient by {err_grad:.3g}"
-    t = torch.linspace(-120, 120, 97)  # not a multiple of 16
+    t = torch.linspace(-120, 120, 97, **f32)  # not a multiple of 16
+    want = t.double().div(2).tanh()
     sigmoid_affine_(t, 2.0, -1.0, lib=lib)
-    err = float((t.double() - torch.linspace(-120, 120, 97).double().div(2).tanh()).abs().max())
+    err = float((t.double() - want).abs().max())
     return None if err <= 1e-6 else f"tanh off by {err:.3g}"
 
 
-def takes(t: Tensor) -> bool:
-    """Whether the kernels take ``t`` in place of PyTorch's operators: a plain contiguous
-    float32 CPU tensor, without autograd, outside ``torch.compile``'s tracing, where the
-    kernels loaded (the first call in a process may compile them)."""
+def takes(t: Tensor, autograd: bool = False) -> bool:
+    """Whether the kernels may compute on ``t`` in place of PyTorch's operators: a plain,
+    non-empty, contiguous, strided float32 CPU tensor (no negative or conjugate view);
+    without autograd unless ``autograd`` (the caller records the operation itself); with
+    no forward-mode tangent, outside functorch's transforms (vmap, grad, jvp), a JIT trace
+    and ``torch.compile``'s tracing, which would not see the C; where the kernels loaded
+    (the first call in a process may compile them)."""
     return (
         type(t) is Tensor
+        and not torch.jit.is_tracing()  # first: under a trace, numel() is a traced value
+        and t.layout == torch.strided
         and t.dtype == torch.float32
         and t.device.type == "cpu"
+        and t.numel() > 0
         and t.is_contiguous()
-        and not (t.requires_grad and torch.is_grad_enabled())
-        and not torch.compiler.is_compiling()
+        and not t.is_neg()
+        and not t.is_conj()
+        and (autograd or not (t.requires_grad and torch.is_grad_enabled()))
+        and _outside_transforms(t)
         and library() is not None
     )
+
+
+def _outside_transforms(t: Tensor) -> bool:
+    try:
+        if torch._C._functorch.maybe_current_level() is not None:
+            return False
+        forward_ad = torch.autograd.forward_ad
+        if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
+            return False
+    except AttributeError:  # a PyTorch without these private names: the safe side
+        return False
+    return not torch.compiler.is_compiling()
 
 
 def sign_bits(x: Tensor) -> Tensor:
@@ -269,6 +381,9 @@ def sigmoid_affine_(
     if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()):
         raise ValueError(f"sigmoid_affine_: x {tuple(x.shape)} {x.dtype} on {x.device}")
     lib.aevb_sigmoid_affine(x.data_ptr(), x.numel(), scale, shift)
+    increment_version = getattr(torch.autograd.graph, "increment_version", None)
+    if increment_version is not None:  # written behind autograd's back: say so
+        increment_version(x)
     return x
 
 
