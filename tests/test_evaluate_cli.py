@@ -63,3 +63,6 @@ def test_cli_evaluate_json_keys(tmp_path, capsys):
     assert "bits_per_dim" not in res and "not binary" in res["bits_per_dim_note"]
     assert res["log_px_iw"] <= -res["neg_elbo"] + 5 * res["gap_se"] + 1.0
     assert "importance-sampled" in report.read_text()
+    # what computed it, for a reader wondering about its speed
+    assert res["compute"].startswith("cpu, 1 PyTorch thread(s); native kernels ")
+    assert f"Computed on {res['compute']}." in report.read_text()

@@ -431,3 +431,12 @@ def test_training_runs_on_the_kernel_and_learns_as_before(monkeypatch, tmp_path)
     slow = aevb.train(config, tmp_path / "slow", progress=False).metrics
     for key in ("train_neg_elbo", "valid_neg_elbo"):
         assert fast[key] == pytest.approx(slow[key], rel=1e-4), key
+
+
+def test_an_evaluation_says_whether_the_kernels_computed_it(monkeypatch):
+    from aevb.evaluate import compute_note
+
+    _lib()
+    assert "native kernels in use: " in compute_note(torch.device("cpu"))
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert "native kernels off" in compute_note(torch.device("cpu"))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import native, workspace
 from .accumulate import MeanAccumulator, all_reduce_
 from .data.base import DataSource
 from .data.transforms import EIGHT_BIT, on_8bit_grid
@@ -282,6 +283,7 @@ def evaluate(
         split=split,
         seconds=round(seconds, 3),
         examples_x_k_per_s=acc.n * k / seconds if seconds > 0 else float("nan"),
+        compute=compute_note(device),
     )
     if diagnostics:
         from .diagnostics import diagnose
@@ -298,6 +300,18 @@ def evaluate(
             progress=progress,
         )
     return res
+
+
+def compute_note(device: torch.device) -> str:
+    """What computed an evaluation, for its report: the device, PyTorch's threads and, on a
+    CPU, whether aevb's native kernels were in use (and why not)."""
+    if device.type != "cpu":
+        return f"{device.type}"
+    threads = torch.get_num_threads()
+    workers = (
+        "" if threads == 1 or not workspace.WORKERS else ", the chunks of samples on worker threads"
+    )
+    return f"cpu, {threads} PyTorch thread(s){workers}; native kernels {native.status()}"
 
 
 def bits_per_dim_kind(
@@ -412,7 +426,7 @@ def markdown_report(res: dict[str, Any], title: str = "aevb evaluation") -> str:
         f"Split `{res['split']}`: {res['n_examples']} examples, {samples}"
         + (f", {res['naive_samples']} naive prior samples" if res.get("naive_samples") else "")
         + f"; {res['seconds']:.1f} s ({res['examples_x_k_per_s']:.3g} examples x K per second).",
-        "",
+        *([f"Computed on {res['compute']}.", ""] if res.get("compute") else [""]),
         "Nats per example; the sign is in each name (log p(x) is negative, the others positive).",
         "",
         "| quantity (nats per example) | mean | standard error |",

@@ -200,17 +200,11 @@ def _verified(path: Path) -> bool:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """``data`` to ``path``: a temporary file beside it, flushed to disk, renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` to ``path`` atomically and flushed to disk, readable and writable by this
+    user only (0600 whatever the umask: :func:`_ours` refuses files others may write)."""
+    from ..checkpoint import atomic_write_bytes  # here: checkpoint imports much of aevb
+
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def _compile(argv: list[str], source: bytes, path: Path) -> None:
