@@ -64,5 +64,5 @@ def test_cli_evaluate_json_keys(tmp_path, capsys):
     assert res["log_px_iw"] <= -res["neg_elbo"] + 5 * res["gap_se"] + 1.0
     assert "importance-sampled" in report.read_text()
     # what computed it, for a reader wondering about its speed
-    assert res["compute"].startswith("cpu, 1 PyTorch thread(s); native kernels ")
+    assert res["compute"].startswith("cpu, 1 PyTorch thread(s); native kernels used (")
     assert f"Computed on {res['compute']}." in report.read_text()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import native, workspace
+from . import native
 from .accumulate import MeanAccumulator, all_reduce_
 from .data.base import DataSource
 from .data.transforms import EIGHT_BIT, on_8bit_grid
@@ -220,6 +220,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
+    kernel_calls = native.calls()
     batches = list(dataset.indexed_eval_batches(split, batch_size, rank, world_size))
     desc = f"evaluate {split} (K={k})"
     for b, x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
@@ -283,7 +284,7 @@ def evaluate(
         split=split,
         seconds=round(seconds, 3),
         examples_x_k_per_s=acc.n * k / seconds if seconds > 0 else float("nan"),
-        compute=compute_note(device),
+        compute=compute_note(device, native.calls() - kernel_calls),
     )
     if diagnostics:
         from .diagnostics import diagnose
@@ -302,16 +303,19 @@ def evaluate(
     return res
 
 
-def compute_note(device: torch.device) -> str:
+def compute_note(device: torch.device, kernel_calls: int) -> str:
     """What computed an evaluation, for its report: the device, PyTorch's threads and, on a
-    CPU, whether aevb's native kernels were in use (and why not)."""
+    CPU, whether aevb's native kernels computed part of it (``kernel_calls``, counted over
+    the evaluation by :func:`aevb.native.calls`), or why not."""
     if device.type != "cpu":
-        return f"{device.type}"
-    threads = torch.get_num_threads()
-    workers = (
-        "" if threads == 1 or not workspace.WORKERS else ", the chunks of samples on worker threads"
-    )
-    return f"cpu, {threads} PyTorch thread(s){workers}; native kernels {native.status()}"
+        return device.type
+    head = f"cpu, {torch.get_num_threads()} PyTorch thread(s)"
+    why = native.status(load=False)
+    if kernel_calls:
+        return f"{head}; native kernels used ({why.removeprefix('in use: ')})"
+    if why.startswith("in use"):
+        return f"{head}; native kernels not needed by this model"
+    return f"{head}; native kernels {why}"
 
 
 def bits_per_dim_kind(

@@ -10,7 +10,8 @@ later processes load it at once. It is written atomically (a temporary file, flu
 a rename) and its SHA-256 beside it, last: processes compiling at the same time leave one
 good file, and a file cut short by a crash is built again, not loaded. A compiler that
 fails leaves its last line in ``kernels-*.failed``, so later processes do not try again
-(delete it to); one that runs past two minutes is killed with what it started. The library
+for a day (delete it to try at once); one that runs past two minutes, or is interrupted,
+is killed with what it started. The library
 is checked once per process against PyTorch on fixed inputs before it is used.
 
 Where any of this fails (no compiler, a folder that is not this user's, a check that does
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -57,14 +59,15 @@ COMPILE_TIMEOUT_S = 120
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lib": the CDLL or None, "why": a line
+_calls = [0]  # kernel calls by aevb (the self-check's not counted)
 
 
 def cache_dir() -> Path:
     """Where compiled libraries are kept (see the module docstring)."""
-    if os.environ.get("AEVB_NATIVE_DIR"):
-        return Path(os.environ["AEVB_NATIVE_DIR"]).expanduser()
+    if os.environ.get("AEVB_NATIVE_DIR"):  # absolute: dlopen searches its own path for a bare name
+        return Path(os.environ["AEVB_NATIVE_DIR"]).expanduser().absolute()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "aevb" / "native"
+    return Path(base).expanduser().absolute() / "aevb" / "native"
 
 
 def compiler() -> list[str] | None:
@@ -98,12 +101,20 @@ def library() -> ctypes.CDLL | None:
     return _state["lib"]  # type: ignore[return-value]
 
 
-def status() -> str:
-    """One line: whether the kernels are in use, and where from or why not (loads them)."""
+def status(load: bool = True) -> str:
+    """One line: whether the kernels are in use, and where from or why not (loads them,
+    unless ``load`` is False: then "not loaded" where nothing has asked for them yet)."""
     if not ENABLED:
         return "off (AEVB_NATIVE=0 or aevb.native.ENABLED = False)"
-    library()
-    return str(_state["why"])
+    if load:
+        library()
+    return str(_state.get("why", "not loaded: nothing has asked for them in this process"))
+
+
+def calls() -> int:
+    """How many times aevb has called a kernel in this process (a counter: the difference
+    over a computation says whether the kernels computed any of it)."""
+    return _calls[0]
 
 
 def _load() -> tuple[ctypes.CDLL | None, str]:
@@ -124,12 +135,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         return None, f"not used: {folder} is not a folder of this user's only"
     failed = path.with_suffix(".failed")
     if not _verified(path):
-        if failed.exists():  # compiling failed in an earlier process: not again at every start
+        if _recent(failed):  # the compiler failed in an earlier process: not at every start
             why = failed.read_text(errors="replace").strip()
-            return None, f"not used: {why} (delete {failed} to try again)"
+            return None, f"not used: {why} (tried again a day later, or delete {failed})"
         try:
             _compile(argv, source, path)
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        except BuildError as e:  # the compiler ran and refused (not a timeout, not the OS)
             _write_atomically(failed, str(e).encode())
             raise
     lib = ctypes.CDLL(str(path))
@@ -168,6 +179,21 @@ def _cpu() -> str:
     except OSError:
         cpu += f" {platform.processor()}"
     return cpu
+
+
+class BuildError(RuntimeError):
+    """The compiler ran to its end and failed (missing headers, an unsupported flag)."""
+
+
+RETRY_FAILED_BUILD_S = 24 * 3600
+
+
+def _recent(marker: Path) -> bool:
+    """``marker`` exists and was written less than RETRY_FAILED_BUILD_S ago."""
+    try:
+        return time.time() - marker.stat().st_mtime < RETRY_FAILED_BUILD_S
+    except OSError:
+        return False
 
 
 def _private_folder(folder: Path) -> bool:
@@ -223,16 +249,18 @@ def _compile(argv: list[str], source: bytes, path: Path) -> None:
         try:
             output, _ = proc.communicate(timeout=COMPILE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            if hasattr(os, "killpg"):
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.communicate()
             raise RuntimeError(f"{argv[0]} took more than {COMPILE_TIMEOUT_S} s") from None
+        finally:  # a timeout, Ctrl-C (which no longer reaches its group), anything
+            if proc.poll() is None:
+                if hasattr(os, "killpg"):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+                proc.wait()
         if proc.returncode != 0 or not out.exists():
             lines = output.decode(errors="replace").strip().splitlines()
             why = lines[-1] if lines else f"exit status {proc.returncode}"
-            raise RuntimeError(f"{argv[0]} failed: {why}")
+            raise BuildError(f"{argv[0]} failed: {why}")
         data = out.read_bytes()
     path.with_suffix(".sha256").unlink(missing_ok=True)  # no digest: not loaded meanwhile
     _write_atomically(path, data)
@@ -338,7 +366,9 @@ def bernoulli_rows(
         The number of rows not computed (a pixel costing more than 80 nats, or a NaN):
         those are NaN in ``out``, for the caller to compute another way.
     """
-    lib = lib or library()
+    if lib is None:
+        _calls[0] += 1
+        lib = library()
     if lib is None:
         raise RuntimeError(f"aevb's native kernels are {status()}")
     n, d = logits.shape
@@ -369,7 +399,9 @@ def sigmoid_affine_(
     """``x = scale * sigmoid(x) + shift`` in place, one pass (``aevb_sigmoid_affine``):
     ``2 sigmoid(x) - 1 = tanh(x / 2)`` and its half, the evaluator's tanh layers. ``x``: any
     shape, float32, contiguous, on the CPU (see :func:`takes`). Returns ``x``."""
-    lib = lib or library()
+    if lib is None:
+        _calls[0] += 1
+        lib = library()
     if lib is None:
         raise RuntimeError(f"aevb's native kernels are {status()}")
     if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()):
@@ -399,7 +431,9 @@ def bernoulli_grad(
         grad: ``[N, D]`` float32, contiguous, written; None for the sums only.
         lib: the library (default :func:`library`, which must not be None).
     """
-    lib = lib or library()
+    if lib is None:
+        _calls[0] += 1
+        lib = library()
     if lib is None:
         raise RuntimeError(f"aevb's native kernels are {status()}")
     n, d = logits.shape
