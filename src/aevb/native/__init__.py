@@ -343,6 +343,17 @@ def _outside_transforms(t: Tensor) -> bool:
     return not torch.compiler.is_compiling()
 
 
+def _for_call(lib: ctypes.CDLL | None) -> ctypes.CDLL:
+    """The library a wrapper calls: ``lib`` (the self-check's), else :func:`library`, the
+    call counted (:func:`calls`); an error where the kernels are not available."""
+    if lib is None:
+        _calls[0] += 1
+        lib = library()
+    if lib is None:
+        raise RuntimeError(f"aevb's native kernels are {status()}")
+    return lib
+
+
 def sign_bits(x: Tensor) -> Tensor:
     """The sign bit where binary ``x`` ``[B, D]`` is 1, else 0: ``[B, D]`` int32, as
     :func:`bernoulli_rows` takes the data."""
@@ -366,11 +377,7 @@ def bernoulli_rows(
         The number of rows not computed (a pixel costing more than 80 nats, or a NaN):
         those are NaN in ``out``, for the caller to compute another way.
     """
-    if lib is None:
-        _calls[0] += 1
-        lib = library()
-    if lib is None:
-        raise RuntimeError(f"aevb's native kernels are {status()}")
+    lib = _for_call(lib)
     n, d = logits.shape
     b = flip.shape[0]
     ok = (
@@ -399,11 +406,7 @@ def sigmoid_affine_(
     """``x = scale * sigmoid(x) + shift`` in place, one pass (``aevb_sigmoid_affine``):
     ``2 sigmoid(x) - 1 = tanh(x / 2)`` and its half, the evaluator's tanh layers. ``x``: any
     shape, float32, contiguous, on the CPU (see :func:`takes`). Returns ``x``."""
-    if lib is None:
-        _calls[0] += 1
-        lib = library()
-    if lib is None:
-        raise RuntimeError(f"aevb's native kernels are {status()}")
+    lib = _for_call(lib)
     if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()):
         raise ValueError(f"sigmoid_affine_: x {tuple(x.shape)} {x.dtype} on {x.device}")
     lib.aevb_sigmoid_affine(x.data_ptr(), x.numel(), scale, shift)
@@ -431,11 +434,7 @@ def bernoulli_grad(
         grad: ``[N, D]`` float32, contiguous, written; None for the sums only.
         lib: the library (default :func:`library`, which must not be None).
     """
-    if lib is None:
-        _calls[0] += 1
-        lib = library()
-    if lib is None:
-        raise RuntimeError(f"aevb's native kernels are {status()}")
+    lib = _for_call(lib)
     n, d = logits.shape
     b = x.shape[0]
     tensors = [logits, x, out] + ([grad] if grad is not None else [])
