@@ -11,13 +11,13 @@ a rename) and its SHA-256 beside it, last: processes compiling at the same time 
 good file, and a file cut short by a crash is built again, not loaded. A compiler that
 fails leaves its last line in ``kernels-*.failed``, so later processes do not try again
 for a day (delete it to try at once); one that runs past two minutes, or is interrupted,
-is killed with what it started. The library
-is checked once per process against PyTorch on fixed inputs before it is used.
+is killed with what it started. The library is checked once per process against PyTorch
+on fixed inputs before it is used.
 
 Where any of this fails (no compiler, a folder that is not this user's, a check that does
 not pass), or ``AEVB_NATIVE=0`` is set or :data:`ENABLED` is False, :func:`library` is None
-and aevb uses its PyTorch path: the same quantity to float32 rounding (tested), a few
-times slower. :func:`status` says which, and why.
+and aevb uses its PyTorch path: the same quantity to float32 rounding (tested), those
+passes 2-3x slower (an evaluation ~10%). :func:`status` says which, and why.
 
 Nothing here is PyTorch's extension machinery: no PyTorch headers, no C++ compiler, no
 Python headers; the library takes raw pointers, so the wrappers check every tensor's
