@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_speed import bench_model, load_data, paired_arguments  # noqa: E402
+from eval_speed import abba, bench_model, load_data, paired_arguments  # noqa: E402
 
 from aevb.estimators import importance_weighted  # noqa: E402
 from aevb.models import networks  # noqa: E402
@@ -48,11 +48,7 @@ def main() -> None:
 
     with_fold, without = run(True)[1], run(False)[1]
     identical = all(torch.equal(with_fold[key], without[key]) for key in with_fold)
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for r in range(args.rounds):
-        for folded in (True, False) if r % 2 == 0 else (False, True):
-            times[folded].append(run(folded)[0])
-    ratios = sorted(b / a for a, b in zip(times[True], times[False], strict=True))
+    times, ratios = abba(lambda folded: run(folded)[0], args.rounds)
     print(
         f"{args.arch}, {len(x)} examples ({source}), K={args.k}, {args.rounds} ABBA rounds, "
         f"{args.threads} thread(s), torch {torch.__version__}"

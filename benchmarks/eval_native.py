@@ -16,7 +16,6 @@ Usage:
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_speed import abba, bench_model, load_data, paired_arguments  # noqa: E402
+from eval_speed import abba, bench_model, load_data, paired_arguments, print_pairs  # noqa: E402
 
 from aevb import native  # noqa: E402
 from aevb.estimators import importance_weighted  # noqa: E402
@@ -52,17 +51,7 @@ def main() -> None:
     kernel, pytorch = estimate(True)[1], estimate(False)[1]
     other_chunks = estimate(True, chunk_size=1500)[1]
     times, ratios = abba(lambda use: estimate(use)[0], args.rounds)
-    pairs = len(x) * args.k
-    print(
-        f"{args.arch}, {len(x)} examples ({source}), K={args.k}, {args.rounds} ABBA rounds, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    print(
-        f"examples x K / s: kernel {pairs / statistics.median(times[True]):,.0f}, "
-        f"PyTorch path {pairs / statistics.median(times[False]):,.0f}; speed-up of the "
-        f"kernel (median of paired ratios) {statistics.median(ratios):.3f}x "
-        f"(range {ratios[0]:.3f}-{ratios[-1]:.3f})"
-    )
+    print_pairs(args, len(x), source, times, ratios, ("kernel", "PyTorch path"))
     diff = (kernel - pytorch).abs().max()
     print(f"kernel against the PyTorch path: max |diff| {diff:.2e} nats per example")
     identical = torch.equal(kernel, other_chunks)

@@ -120,6 +120,29 @@ def abba(run: Callable[[bool], float], rounds: int) -> tuple[dict[bool, list[flo
     return times, ratios
 
 
+def print_pairs(
+    args: argparse.Namespace,
+    n: int,
+    source: str,
+    times: dict[bool, list[float]],
+    ratios: list[float],
+    names: tuple[str, str],
+) -> None:
+    """The two lines of a paired comparison: the set-up, and both sides' rates with the
+    median of the paired ratios (``names``: the True side's, the False side's)."""
+    pairs = n * args.k
+    print(
+        f"{args.arch}, {n} examples ({source}), K={args.k}, {args.rounds} ABBA rounds, "
+        f"{torch.get_num_threads()} thread(s), torch {torch.__version__}"
+    )
+    print(
+        f"examples x K / s: {names[0]} {pairs / statistics.median(times[True]):,.0f}, "
+        f"{names[1]} {pairs / statistics.median(times[False]):,.0f}; speed-up of the "
+        f"{names[0]} (median of paired ratios) {statistics.median(ratios):.3f}x "
+        f"(range {ratios[0]:.3f}-{ratios[-1]:.3f})"
+    )
+
+
 def load_data(n: int) -> tuple[torch.Tensor, str]:
     if SHARED.exists():
         with gzip.open(SHARED, "rb") as f:

@@ -15,7 +15,6 @@ Usage:
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_speed import bench_model, load_data, paired_arguments  # noqa: E402
+from eval_speed import abba, bench_model, load_data, paired_arguments, print_pairs  # noqa: E402
 
 from aevb import workspace  # noqa: E402
 from aevb.estimators import importance_weighted  # noqa: E402
@@ -52,22 +51,8 @@ def main() -> None:
     torch.set_num_threads(1)
     one = importance_weighted(model, x, args.k)["log_px_iw"]
     torch.set_num_threads(threads)
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for r in range(args.rounds):
-        for workers in (True, False) if r % 2 == 0 else (False, True):
-            times[workers].append(run(workers)[0])
-    ratios = sorted(b / a for a, b in zip(times[True], times[False], strict=True))
-    pairs = len(x) * args.k
-    print(
-        f"{args.arch}, {len(x)} examples ({source}), K={args.k}, {args.rounds} ABBA rounds, "
-        f"{threads} threads, torch {torch.__version__}"
-    )
-    print(
-        f"examples x K / s: workers {pairs / statistics.median(times[True]):,.0f}, "
-        f"threaded operations {pairs / statistics.median(times[False]):,.0f}; speed-up of "
-        f"the workers (median of paired ratios) {statistics.median(ratios):.3f}x "
-        f"(range {ratios[0]:.3f}-{ratios[-1]:.3f})"
-    )
+    times, ratios = abba(lambda workers: run(workers)[0], args.rounds)
+    print_pairs(args, len(x), source, times, ratios, ("workers", "threaded operations"))
     identical = torch.equal(with_workers, one)
     print(f"workers bit-identical to one thread: {identical}")
     print(

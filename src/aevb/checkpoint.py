@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from torch import nn
 
 from .config import CONFIG_VERSION, RunConfig
 from .errors import AevbError, CheckpointError
+from .files import FILE_MODE, atomic_write_bytes, atomic_write_text  # noqa: F401  (part of this module's API)
 from .rundir import (
     CONFIG_FILE,
     FIGURES_DIR,
@@ -57,38 +56,6 @@ __all__ = [
 
 class NonFiniteStateError(AevbError):
     """Weights or optimizer state hold NaN or inf: refused, so the last good file stays."""
-
-
-def _file_mode() -> int:
-    """The permissions an ordinary ``open(path, "w")`` would give (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename), with
-    permissions ``mode`` (default: what ``open(path, "w")`` would give)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)  # mkstemp makes 0600 files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --- config ---------------------------------------------------------------------------

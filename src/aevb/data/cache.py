@@ -24,12 +24,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -107,19 +108,6 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write(
     npy: Path,
     meta_path: Path,
@@ -131,7 +119,7 @@ def _write(
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     data = buf.getvalue()
-    _atomic_write(npy, data)
+    atomic_write_bytes(npy, data, mode=0o600)
     meta = {
         "format": FORMAT,
         "version": version,
@@ -139,4 +127,4 @@ def _write(
         "sources": [_source_record(p) for p in sources],
         "extra": extra,
     }
-    _atomic_write(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write_bytes(meta_path, mode=0o600, data=(json.dumps(meta, indent=1) + "\n").encode())

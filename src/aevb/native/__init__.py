@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..files import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 # Set False (or the environment variable AEVB_NATIVE=0) for PyTorch's operators only.
@@ -60,6 +62,12 @@ COMPILE_TIMEOUT_S = 120
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lib": the CDLL or None, "why": a line
 _calls = [0]  # kernel calls by aevb (the self-check's not counted)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomically and flushed, mode 0600 whatever the umask (:func:`_ours` refuses files
+    others may write, so a umask of 002 must not make one)."""
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def cache_dir() -> Path:
@@ -141,7 +149,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         try:
             _compile(argv, source, path)
         except BuildError as e:  # the compiler ran and refused (not a timeout, not the OS)
-            _write_atomically(failed, str(e).encode())
+            _write_private(failed, str(e).encode())
             raise
     lib = ctypes.CDLL(str(path))
     fn = lib.aevb_bernoulli_rows
@@ -225,14 +233,6 @@ def _verified(path: Path) -> bool:
         return False
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` atomically and flushed to disk, readable and writable by this
-    user only (0600 whatever the umask: :func:`_ours` refuses files others may write)."""
-    from ..checkpoint import atomic_write_bytes  # here: checkpoint imports much of aevb
-
-    atomic_write_bytes(path, data, mode=0o600)
-
-
 def _compile(argv: list[str], source: bytes, path: Path) -> None:
     """Compile ``source`` to ``path``: built in a temporary folder beside it, then the
     library and its SHA-256 (the commit) written atomically and flushed to disk. A
@@ -263,8 +263,8 @@ def _compile(argv: list[str], source: bytes, path: Path) -> None:
             raise BuildError(f"{argv[0]} failed: {why}")
         data = out.read_bytes()
     path.with_suffix(".sha256").unlink(missing_ok=True)  # no digest: not loaded meanwhile
-    _write_atomically(path, data)
-    _write_atomically(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+    _write_private(path, data)
+    _write_private(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
     path.with_suffix(".failed").unlink(missing_ok=True)
     if hasattr(os, "O_DIRECTORY"):  # the renames themselves, on disk
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
