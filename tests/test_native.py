@@ -434,8 +434,15 @@ def test_training_runs_on_the_kernel_and_learns_as_before(monkeypatch, tmp_path)
         assert fast[key] == pytest.approx(slow[key], rel=1e-4), key
 
 
-@pytest.mark.parametrize("likelihood, used", [("bernoulli", True), ("gaussian", False)])
-def test_an_evaluation_says_whether_the_kernels_computed_it(monkeypatch, likelihood, used):
+@pytest.mark.parametrize(
+    "likelihood, model, used",
+    [
+        ("bernoulli", "vae", True),
+        ("gaussian", "vae", True),  # the normal noise
+        ("gaussian", "gumbel", False),  # uniform noise, a Gaussian likelihood: nothing native
+    ],
+)
+def test_an_evaluation_says_whether_the_kernels_computed_it(monkeypatch, likelihood, model, used):
     """The report's "Computed on" line: whether the kernels computed part of this
     evaluation (counted), not merely whether they loaded."""
     import aevb
@@ -445,7 +452,12 @@ def test_an_evaluation_says_whether_the_kernels_computed_it(monkeypatch, likelih
     data = aevb.load_dataset(aevb.RunConfig().replace(dataset="digits").data)
     torch.manual_seed(0)
     model = make_model(
-        torch.float32, input_shape=(1, 8, 8), likelihood=likelihood, hidden=(16,), latent_dim=2
+        torch.float32,
+        model=model,
+        input_shape=(1, 8, 8),
+        likelihood=likelihood,
+        hidden=(16,),
+        latent_dim=2,
     ).eval()
     note = evaluate(model, data, "test", k=4)["compute"]
     if used:
@@ -494,3 +506,101 @@ def test_a_failed_build_is_tried_again_a_day_later(fresh, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert native.library() is None
     assert calls  # compiled again
+
+
+# --- the per-(seed, k) normal noise ---------------------------------------------------------
+
+
+def _pytorch_normal(n: int, seed: int) -> torch.Tensor:
+    return torch.empty(n).normal_(generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n", [16, 17, 31, 32, 40, 50, 624, 625, 1249, 3000])
+def test_normal_rows_draw_what_pytorchs_generator_draws(n):
+    """Row r is ``normal_`` after ``manual_seed(seed + r)``, for a seed above 2^32 whose low
+    32 bits (what PyTorch seeds its Mersenne Twister with) wrap between rows; rows that are
+    not a multiple of 16 and rows past the Twister's 624 words of state."""
+    _lib()
+    seed = (1 << 33) + (1 << 32) - 2
+    got = native.normal_rows(torch.empty(3, n), seed)
+    for r in range(3):
+        assert float((got[r] - _pytorch_normal(n, seed + r)).abs().max()) <= 2e-6
+
+
+@pytest.mark.parametrize("n", [32, 40])
+def test_normal_rows_are_the_box_muller_transform_of_pytorchs_uniforms_in_float64(n):
+    """The kernel's log, sin and cos against float64 on the same uniforms (PyTorch's
+    ``uniform_`` draws the same numbers from the same generator): a block of 16 pairs the
+    radius of u_j with the angle of u_(j+8); where n is not a multiple of 16, 16 more
+    uniforms for the last 16 numbers."""
+    _lib()
+    g = torch.Generator().manual_seed(11)
+    u = torch.empty(n + (16 if n % 16 else 0)).uniform_(generator=g).double()
+
+    def block(v: torch.Tensor) -> torch.Tensor:
+        theta = (v[8:].float() * torch.tensor(2 * torch.pi, dtype=torch.float32)).double()
+        radius = (-2 * torch.log1p(-v[:8])).sqrt()
+        return torch.cat([radius * theta.cos(), radius * theta.sin()])
+
+    want = torch.cat([block(u[i : i + 16]) for i in range(0, n - n % 16, 16)])
+    if n % 16:
+        want = torch.cat([want[: n - 16], block(u[n:])])
+    got = native.normal_rows(torch.empty(1, n), 11)[0].double()
+    assert float((got - want).abs().max()) <= 1e-6
+
+
+def test_sample_noise_runs_on_the_kernel_and_equals_the_pytorch_path(monkeypatch):
+    from aevb.estimators import sample_noise
+    from aevb.latents import NoiseSpec
+
+    _lib()
+    noise, cpu = NoiseSpec("normal", (5,)), torch.device("cpu")
+    before = native.calls()
+    fast = sample_noise(noise, 7, 3, 11, 4, cpu)  # 8 samples, rows of 4 x 5 numbers
+    assert native.calls() == before + 1  # one call for all 8
+    monkeypatch.setattr(native, "ENABLED", False)
+    slow = sample_noise(noise, 7, 3, 11, 4, cpu)
+    assert fast.shape == slow.shape == (8, 4, 5)
+    assert float((fast - slow).abs().max()) <= 2e-6
+    for k in (3, 10):  # slice k is what a generator seeded with 7 * 1_000_003 + k draws
+        assert torch.allclose(
+            fast[k - 3].flatten(), _pytorch_normal(20, 7 * 1_000_003 + k), atol=2e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "kind, shape, batch, dtype",
+    [
+        ("normal", (5,), 3, torch.float32),  # rows of 15: PyTorch draws those another way
+        ("normal", (5,), 4, torch.float64),
+        ("uniform", (5,), 4, torch.float32),
+    ],
+)
+def test_noise_the_kernel_does_not_draw_is_pytorchs_exactly(monkeypatch, kind, shape, batch, dtype):
+    from aevb.estimators import sample_noise
+    from aevb.latents import NoiseSpec
+
+    _lib()
+    noise, cpu = NoiseSpec(kind, shape), torch.device("cpu")
+    before = native.calls()
+    here = sample_noise(noise, 7, 0, 6, batch, cpu, dtype)
+    assert native.calls() == before
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert torch.equal(here, sample_noise(noise, 7, 0, 6, batch, cpu, dtype))
+
+
+def test_a_noise_kernel_off_pytorchs_generator_is_not_used_and_the_rest_is(fresh):
+    """The noise kernel mirrors PyTorch's generator, which a release of PyTorch may change:
+    its own check, so that a mismatch leaves PyTorch's draws and the other kernels."""
+    lib = _lib()
+
+    class Broken:  # a kernel that leaves its output as it was
+        def aevb_normal_rows(self, *args):
+            pass
+
+    why = native._check_normal(Broken())
+    assert why is not None and why.startswith("its normal noise is off PyTorch's")
+    assert native._check_normal(lib) is None
+    native._state["normal"] = why
+    out = torch.empty(2, 32)
+    assert native.takes(out) and not native.normal_rows_take(out)

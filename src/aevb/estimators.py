@@ -38,6 +38,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import native
 from .latents import NoiseSpec
 from .models.base import LatentVariableModel
 from .objectives import importance_terms
@@ -53,10 +54,17 @@ def sample_noise(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Base noise ``[k1 - k0, batch, *noise.shape]`` where slice k depends only on (seed, k)."""
+    """Base noise ``[k1 - k0, batch, *noise.shape]`` where slice k depends only on (seed, k):
+    what a generator seeded with ``seed * 1_000_003 + k`` draws (on a CPU, normal noise in
+    one call of aevb's native kernel where it loads: the same numbers to float32 rounding,
+    at twice the speed of the per-k ``normal_`` calls)."""
     g = torch.Generator(device=device)
     out = torch.empty((k1 - k0, batch, *noise.shape), device=device, dtype=dtype)
     if noise.deterministic:
+        return out
+    rows = out.view(k1 - k0, batch * math.prod(noise.shape))
+    if noise.kind == "normal" and native.normal_rows_take(rows):
+        native.normal_rows(rows, seed * 1_000_003 + k0)
         return out
     for k in range(k0, k1):
         g.manual_seed((seed * 1_000_003 + k) % 2**64)  # what torch takes, for any seed >= 0

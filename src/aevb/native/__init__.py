@@ -163,10 +163,17 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     fn.argtypes += [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    fn = lib.aevb_normal_rows
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32]
     error = _check(lib)
     if error is not None:
         return None, f"not used: {path} failed its check ({error})"
-    return lib, f"in use: {path} ({Path(argv[0]).name})"
+    # The noise kernel mirrors PyTorch's generator, which a PyTorch release may change:
+    # checked on its own, so that a mismatch leaves the other kernels in use.
+    _state["normal"] = normal = _check_normal(lib)
+    why = f"in use: {path} ({Path(argv[0]).name})"
+    return lib, why if normal is None else f"{why}; not for the normal noise: {normal}"
 
 
 def _cpu() -> str:
@@ -308,6 +315,26 @@ def _check(lib: ctypes.CDLL) -> str | None:
     return None if err <= 1e-6 else f"tanh off by {err:.3g}"
 
 
+def _check_normal(lib: ctypes.CDLL) -> str | None:
+    """:func:`normal_rows` against PyTorch's CPU generator: None when every number agrees
+    to 2e-5 (the same uniforms; only the last bits of log, sin and cos may differ).
+
+    Rows of 37 numbers (a block of 16 drawn again at the end) and of 640 (past the
+    Twister's 624 words of state), from a seed above 2^32 whose low 32 bits wrap from one
+    row to the next (PyTorch seeds with the low 32 bits)."""
+    seed = (1 << 40) + (1 << 32) - 2
+    for n in (37, 640):
+        got = torch.empty(3, n, dtype=torch.float32, device="cpu")
+        normal_rows(got, seed, lib=lib)
+        for r in range(3):
+            want = torch.empty(n, dtype=torch.float32, device="cpu")
+            want.normal_(generator=torch.Generator().manual_seed(seed + r))
+            err = float((got[r] - want).abs().max())
+            if not err <= 2e-5:
+                return f"its normal noise is off PyTorch's by {err:.3g}"
+    return None
+
+
 def takes(t: Tensor, autograd: bool = False) -> bool:
     """Whether the kernels may compute on ``t`` in place of PyTorch's operators: a plain,
     non-empty, contiguous, strided float32 CPU tensor (no negative or conjugate view);
@@ -352,6 +379,38 @@ def _for_call(lib: ctypes.CDLL | None) -> ctypes.CDLL:
     if lib is None:
         raise RuntimeError(f"aevb's native kernels are {status()}")
     return lib
+
+
+def normal_rows_take(out: Tensor) -> bool:
+    """Whether :func:`normal_rows` may fill ``out`` ``[R, n]``: as :func:`takes`, rows of 16
+    numbers or more, and its check against this PyTorch's generator passed."""
+    return (
+        out.dim() == 2
+        and out.shape[1] >= 16
+        and takes(out)
+        and _state.get("normal", "not checked") is None
+    )
+
+
+def normal_rows(out: Tensor, seed: int, lib: ctypes.CDLL | None = None) -> Tensor:
+    """Each row of ``out`` ``[R, n]`` (float32, contiguous, on the CPU, n >= 16) filled with
+    the standard normal noise PyTorch's CPU generator draws after ``manual_seed(seed + r)``
+    (``aevb_normal_rows``): the same uniforms, and numbers within a few units in the last
+    place of ``normal_``'s. PyTorch seeds its Mersenne Twister with a seed's low 32 bits,
+    so ``seed`` counts modulo 2^32. Returns ``out``."""
+    lib = _for_call(lib)
+    ok = (
+        out.dtype == torch.float32
+        and out.device.type == "cpu"
+        and out.dim() == 2
+        and out.shape[1] >= 16
+        and out.is_contiguous()
+    )
+    if not ok:
+        raise ValueError(f"normal_rows: out {tuple(out.shape)} {out.dtype} on {out.device}")
+    rows, n = out.shape
+    lib.aevb_normal_rows(out.data_ptr(), rows, n, seed % 2**32)
+    return out
 
 
 def sign_bits(x: Tensor) -> Tensor:

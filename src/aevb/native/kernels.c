@@ -189,3 +189,202 @@ CLONES void aevb_bernoulli_grad(const float *logits, const float *x, int64_t row
         out[row] = (float)(s - (log(m) + (double)e * 0.69314718055994530942));
     }
 }
+
+/* Standard normal noise, row by row, as PyTorch's CPU generator draws it:
+ *
+ *   out[r, :] = torch.Generator().manual_seed(seed + r).normal_() of n floats (n >= 16),
+ *
+ * seed + r taken modulo 2^32 (PyTorch seeds its Mersenne Twister, MT19937, with the low 32
+ * bits of a seed). The same draws in the same order: n uniforms (u & 0xffffff) / 2^24 from
+ * the generator's 32-bit outputs; the Box-Muller transform on each block of 16 (the first
+ * 8 the radii, the last 8 the angles: z_j = sqrt(-2 log(1 - u_j)) cos(2 pi u_{j+8}) and
+ * z_{j+8} the same with sin); where n is not a multiple of 16, 16 more uniforms for the
+ * last 16 numbers, transformed again. The uniforms are PyTorch's bit for bit; log, sin and
+ * cos are this file's polynomials, so a number may differ from PyTorch's in its last bits
+ * (aevb/native/__init__.py checks it against PyTorch before use). The Twister's state
+ * update and output run 16 words at a time, the transform 16 numbers at a time, where
+ * PyTorch draws one word at a time.
+ */
+#define MT_N 624
+#define MT_M 397
+typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
+
+static inline __attribute__((always_inline)) vu mt_load(const uint32_t *p) {
+    vu v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* one step of the recurrence on 16 words: c ^ twist(a's top bit, b's low 31 bits) */
+static inline __attribute__((always_inline)) vu mt_step(vu a, vu b, vu c) {
+    vu y = (a & 0x80000000u) | (b & 0x7fffffffu);
+    return c ^ (y >> 1) ^ (((vu){0} - (y & 1u)) & 0x9908b0dfu);
+}
+
+static inline uint32_t mt_step1(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t y = (a & 0x80000000u) | (b & 0x7fffffffu);
+    return c ^ (y >> 1) ^ ((0u - (y & 1u)) & 0x9908b0dfu);
+}
+
+/* the next 624 words of state, in place: word i reads i + 1 (not yet updated) and i + 397
+ * (old for i < 227, already updated after), so 16 consecutive words update at once */
+static inline __attribute__((always_inline)) void mt_twist(uint32_t *s) {
+    int i = 0;
+    for (; i + LANES <= MT_N - MT_M; i += LANES) {
+        vu v = mt_step(mt_load(s + i), mt_load(s + i + 1), mt_load(s + i + MT_M));
+        memcpy(s + i, &v, sizeof v);
+    }
+    for (; i < MT_N - MT_M; i++)
+        s[i] = mt_step1(s[i], s[i + 1], s[i + MT_M]);
+    for (; i + LANES <= MT_N - 1; i += LANES) {
+        vu v = mt_step(mt_load(s + i), mt_load(s + i + 1), mt_load(s + i - (MT_N - MT_M)));
+        memcpy(s + i, &v, sizeof v);
+    }
+    for (; i < MT_N - 1; i++)
+        s[i] = mt_step1(s[i], s[i + 1], s[i - (MT_N - MT_M)]);
+    s[MT_N - 1] = mt_step1(s[MT_N - 1], s[0], s[MT_M - 1]);
+}
+
+/* the 624 words' outputs (tempered) as PyTorch's float uniforms in [0, 1) */
+static inline __attribute__((always_inline)) void mt_uniforms(const uint32_t *s, float *u) {
+    for (int i = 0; i < MT_N; i += LANES) { /* 624 = 39 * 16 */
+        vu y = mt_load(s + i);
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c5680u;
+        y ^= (y << 15) & 0xefc60000u;
+        y ^= y >> 18;
+        vf v = __builtin_convertvector((vi)(y & 0xffffffu), vf) * (1.0f / 16777216.0f);
+        memcpy(u + i, &v, sizeof v);
+    }
+}
+
+typedef struct {
+    uint32_t s[MT_N];
+    float u[MT_N];
+    int pos; /* the next of u to hand out; MT_N: none left */
+} mt_t;
+
+static inline __attribute__((always_inline)) void mt_seed(mt_t *g, uint32_t seed) {
+    g->s[0] = seed;
+    for (uint32_t j = 1; j < MT_N; j++)
+        g->s[j] = 1812433253u * (g->s[j - 1] ^ (g->s[j - 1] >> 30)) + j;
+    g->pos = MT_N;
+}
+
+static inline __attribute__((always_inline)) void mt_fill(mt_t *g, float *out, int64_t n) {
+    while (n > 0) {
+        if (g->pos == MT_N) {
+            mt_twist(g->s);
+            mt_uniforms(g->s, g->u);
+            g->pos = 0;
+        }
+        int64_t take = MT_N - g->pos < n ? MT_N - g->pos : n;
+        memcpy(out, g->u + g->pos, (size_t)take * sizeof(float));
+        g->pos += (int)take;
+        out += take;
+        n -= take;
+    }
+}
+
+/* log x for x in [2^-24, 1] (normal floats): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+   then log m = f - f^2/2 + f^3 P(f), f = m - 1, with the degree-8 polynomial of Cephes'
+   logf (~1 ulp) */
+static inline __attribute__((always_inline)) vf log_unit(vf x) {
+    vi bits = (vi)x;
+    vi e = ((bits >> 23) & 0xff) - 127;
+    vf m = (vf)((bits & 0x007fffff) | 0x3f800000); /* [1, 2) */
+    vi big = m > 1.41421356f;
+    m = pick(big, m * 0.5f, m);
+    e = e - big; /* big lanes are -1 */
+    vf f = m - 1.0f, f2 = f * f;
+    vf p = splat(7.0376836292e-2f);
+    p = p * f - 1.1514610310e-1f;
+    p = p * f + 1.1676998740e-1f;
+    p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f;
+    p = p * f - 1.6668057665e-1f;
+    p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f;
+    p = p * f + 3.3333331174e-1f;
+    vf ef = __builtin_convertvector(e, vf);
+    vf y = f * f2 * p - 0.5f * f2;
+    /* e ln 2 in two parts, as Cephes: the large part exact */
+    return (f + y + ef * -2.12194440e-4f) + ef * 0.693359375f;
+}
+
+/* sin and cos of a in [0, 2 pi]: a = q pi/2 + r with q = round(a 2/pi) (0..4), |r| <= pi/4
+   (pi/2 in three parts whose first two have few enough bits that q times them is exact);
+   Taylor series to r^11 and r^10 */
+static inline __attribute__((always_inline)) void sincos_turn(vf a, vf *s, vf *c) {
+    const vf round = splat(12582912.0f);
+    vf q = (a * 0.636619772367581343f + round) - round;
+    vf r = a - q * 1.5703125f;
+    r = r - q * 4.837512969970703125e-4f;
+    r = r - q * 7.54978995489188216e-8f;
+    vf r2 = r * r;
+    vf ps = splat(-1.0f / 39916800.0f);
+    ps = ps * r2 + 1.0f / 362880.0f;
+    ps = ps * r2 - 1.0f / 5040.0f;
+    ps = ps * r2 + 1.0f / 120.0f;
+    ps = ps * r2 - 1.0f / 6.0f;
+    vf sr = r + r * r2 * ps;
+    vf pc = splat(-1.0f / 3628800.0f);
+    pc = pc * r2 + 1.0f / 40320.0f;
+    pc = pc * r2 - 1.0f / 720.0f;
+    pc = pc * r2 + 1.0f / 24.0f;
+    pc = pc * r2 - 0.5f;
+    vf cr = 1.0f + r2 * pc;
+    vi qi = __builtin_convertvector(q, vi) & 3;
+    vi swap = (qi & 1) != 0;                      /* q odd: sin and cos trade places */
+    vf s0 = pick(swap, cr, sr), c0 = pick(swap, sr, cr);
+    *s = pick(qi >= 2, -s0, s0);                  /* q = 2, 3: sin negative */
+    *c = pick((qi == 1) | (qi == 2), -c0, c0);    /* q = 1, 2: cos negative */
+}
+
+/* Box-Muller on the blocks of 16 uniforms at a and a + 16 (both when two, else the first
+ * with the lanes of the second ignored): lanes 0-7 of each vector for block a, 8-15 for
+ * block a + 16, taken from overlapping loads (no shuffles) */
+static inline __attribute__((always_inline)) void box_muller(float *a, int two) {
+    const vi low = (vi){-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    vf x0, x8, x16 = splat(0.0f);
+    memcpy(&x0, a, sizeof x0); /* a[0..15] */
+    if (two) {
+        memcpy(&x8, a + 8, sizeof x8);   /* a[8..23] */
+        memcpy(&x16, a + 16, sizeof x16); /* a[16..31] */
+    } else {
+        x8 = splat(0.0f);
+        memcpy(&x8, a + 8, 8 * sizeof(float)); /* a[8..15]; the rest unused */
+    }
+    vf u1 = pick(low, x0, x8), u2 = pick(low, x8, x16);
+    vf r2 = -2.0f * log_unit(1.0f - u1); /* 1 - u in (0, 1] */
+    vf rad;
+    for (int j = 0; j < LANES; j++)
+        rad[j] = __builtin_sqrtf(r2[j]); /* one vector square root (no errno: -fno-math-errno) */
+    vf s, c;
+    sincos_turn(u2 * 6.28318548202514648f, &s, &c);
+    vf zc = rad * c, zs = rad * s;
+    memcpy(a, &zc, 8 * sizeof(float));
+    memcpy(a + 8, &zs, 8 * sizeof(float));
+    if (two) {
+        memcpy(a + 16, (float *)&zc + 8, 8 * sizeof(float));
+        memcpy(a + 24, (float *)&zs + 8, 8 * sizeof(float));
+    }
+}
+
+CLONES void aevb_normal_rows(float *out, int64_t rows, int64_t n, uint32_t seed) {
+    mt_t g;
+    for (int64_t row = 0; row < rows; row++) {
+        float *d = out + row * n;
+        mt_seed(&g, seed + (uint32_t)row);
+        mt_fill(&g, d, n);
+        int64_t blocks = n / 16, i = 0;
+        for (; i + 1 < blocks; i += 2)
+            box_muller(d + 16 * i, 1);
+        if (i < blocks)
+            box_muller(d + 16 * i, 0);
+        if (n % 16) {
+            mt_fill(&g, d + n - 16, 16);
+            box_muller(d + n - 16, 0);
+        }
+    }
+}
