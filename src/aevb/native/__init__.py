@@ -1,7 +1,9 @@
 """Native kernels: C compiled on first use, cached per user, called through ctypes.
 
 Some of the evaluator's elementwise work is several PyTorch passes over a tensor that
-one loop in C does in one (``kernels.c`` beside this file, documented there). The first
+one loop in C does in one, and its per-(seed, k) normal noise is PyTorch's generator
+drawing one number at a time where C draws the same numbers 16 at a time (``kernels.c``
+beside this file, documented there). The first
 call in a process compiles that file with the system's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``; a fraction of a second) into ``$AEVB_NATIVE_DIR``, else
 ``$XDG_CACHE_HOME/aevb/native`` or ``~/.cache/aevb/native`` (a folder of this user's only,
