@@ -524,7 +524,9 @@ def test_normal_rows_draw_what_pytorchs_generator_draws(n):
     seed = (1 << 33) + (1 << 32) - 2
     got = native.normal_rows(torch.empty(3, n), seed)
     for r in range(3):
-        assert float((got[r] - _pytorch_normal(n, seed + r)).abs().max()) <= 2e-6
+        # 5e-7 against PyTorch's AVX2/AVX-512 Box-Muller; its plain path takes the angle in
+        # float64 (one float32 step of the angle apart, times a radius up to 5.8)
+        assert float((got[r] - _pytorch_normal(n, seed + r)).abs().max()) <= 5e-6
 
 
 @pytest.mark.parametrize("n", [32, 40])
@@ -561,10 +563,10 @@ def test_sample_noise_runs_on_the_kernel_and_equals_the_pytorch_path(monkeypatch
     monkeypatch.setattr(native, "ENABLED", False)
     slow = sample_noise(noise, 7, 3, 11, 4, cpu)
     assert fast.shape == slow.shape == (8, 4, 5)
-    assert float((fast - slow).abs().max()) <= 2e-6
+    assert float((fast - slow).abs().max()) <= 5e-6
     for k in (3, 10):  # slice k is what a generator seeded with 7 * 1_000_003 + k draws
         assert torch.allclose(
-            fast[k - 3].flatten(), _pytorch_normal(20, 7 * 1_000_003 + k), atol=2e-6
+            fast[k - 3].flatten(), _pytorch_normal(20, 7 * 1_000_003 + k), atol=5e-6
         )
 
 
@@ -604,3 +606,31 @@ def test_a_noise_kernel_off_pytorchs_generator_is_not_used_and_the_rest_is(fresh
     native._state["normal"] = why
     out = torch.empty(2, 32)
     assert native.takes(out) and not native.normal_rows_take(out)
+
+
+def test_a_failed_noise_check_is_reported_and_leaves_pytorchs_draws(fresh, monkeypatch):
+    """Loaded afresh with a noise check that fails (a PyTorch whose generator draws the
+    next seed's numbers): the status says so, ``sample_noise`` draws PyTorch's numbers
+    exactly, and the other kernels stay in use."""
+    from aevb.estimators import sample_noise
+    from aevb.latents import NoiseSpec
+
+    real_check = native._check_normal
+
+    class OtherGenerator:
+        def __init__(self, lib):
+            self.lib = lib
+
+        def aevb_normal_rows(self, out, rows, n, seed):
+            self.lib.aevb_normal_rows(out, rows, n, seed + 1)
+
+    monkeypatch.setattr(native, "_check_normal", lambda lib: real_check(OtherGenerator(lib)))
+    assert "; not for the normal noise: its normal noise is off PyTorch's" in native.status()
+    noise, cpu = NoiseSpec("normal", (5,)), torch.device("cpu")
+    before = native.calls()
+    drawn = sample_noise(noise, 7, 0, 6, 4, cpu)
+    assert native.calls() == before
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert torch.equal(drawn, sample_noise(noise, 7, 0, 6, 4, cpu))
+    monkeypatch.setattr(native, "ENABLED", True)
+    assert native.takes(torch.zeros(3, 3))  # the other kernels: in use

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shlex
@@ -326,7 +327,8 @@ def _check_normal(lib: ctypes.CDLL) -> str | None:
     row to the next (PyTorch seeds with the low 32 bits)."""
     seed = (1 << 40) + (1 << 32) - 2
     for n in (37, 640):
-        got = torch.empty(3, n, dtype=torch.float32, device="cpu")
+        # NaN first: memory from the allocator may hold an earlier check's numbers
+        got = torch.full((3, n), math.nan, dtype=torch.float32, device="cpu")
         normal_rows(got, seed, lib=lib)
         for r in range(3):
             want = torch.empty(n, dtype=torch.float32, device="cpu")
