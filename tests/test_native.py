@@ -423,11 +423,19 @@ def test_training_runs_on_the_kernel_and_learns_as_before(monkeypatch, tmp_path)
     _lib()
     calls, real = [], native.bernoulli_grad
     monkeypatch.setattr(native, "bernoulli_grad", lambda *a: calls.append(1) or real(*a))
+    tanh_calls, real_tanh = [], native.tanh
+    monkeypatch.setattr(native, "tanh", lambda *a: tanh_calls.append(1) or real_tanh(*a))
     config = aevb.RunConfig().replace(
-        dataset="digits", hidden=(32,), latent_dim=2, steps=20, batch_size=64, figures=False
+        dataset="digits",
+        hidden=(32,),
+        activation="tanh",
+        latent_dim=2,
+        steps=20,
+        batch_size=64,
+        figures=False,
     )
     fast = aevb.train(config, tmp_path / "fast", progress=False).metrics
-    assert calls
+    assert calls and tanh_calls
     monkeypatch.setattr(native, "ENABLED", False)
     slow = aevb.train(config, tmp_path / "slow", progress=False).metrics
     for key in ("train_neg_elbo", "valid_neg_elbo"):
@@ -634,3 +642,80 @@ def test_a_failed_noise_check_is_reported_and_leaves_pytorchs_draws(fresh, monke
     assert torch.equal(drawn, sample_noise(noise, 7, 0, 6, 4, cpu))
     monkeypatch.setattr(native, "ENABLED", True)
     assert native.takes(torch.zeros(3, 3))  # the other kernels: in use
+
+
+# --- tanh under autograd (training) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_tanh_equals_float64(n, in_place):
+    _lib()
+    x = torch.linspace(-30, 30, n) if n > 1 else torch.tensor([0.3])
+    want = x.double().tanh()
+    y = x if in_place else torch.empty_like(x)
+    assert native.tanh(x, y) is y
+    assert float((y.double() - want).abs().max()) <= 2.5e-7
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_tanh_under_autograd_is_pytorchs_to_float32_rounding_with_gradients(in_place):
+    """Values, gradients and second derivatives (the backward is PyTorch's tanh_backward of
+    the output, differentiable again) against ``torch.tanh``."""
+    from aevb.models.networks import tanh_autograd
+
+    _lib()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 40, generator=g) * 3).requires_grad_()
+    w = torch.randn(64, 40, generator=g)
+    before = native.calls()
+    ours = tanh_autograd(x * 1.0, in_place=in_place)  # x * 1.0: an intermediate to own
+    assert native.calls() == before + 1
+    theirs = torch.tanh(x)
+    assert float((ours - theirs).detach().abs().max()) <= 3e-7
+    (d_ours,) = torch.autograd.grad((ours * w).sum(), x, create_graph=True)
+    (d_theirs,) = torch.autograd.grad((theirs * w).sum(), x, create_graph=True)
+    assert float((d_ours - d_theirs).abs().max()) <= 2e-6
+    (dd_ours,) = torch.autograd.grad(d_ours.sum(), x)
+    (dd_theirs,) = torch.autograd.grad(d_theirs.sum(), x)
+    assert float((dd_ours - dd_theirs).abs().max()) <= 2e-5
+
+
+def test_an_mlp_runs_its_tanh_layers_on_the_kernel_in_place_after_the_matmul(monkeypatch):
+    from aevb.models.networks import mlp
+
+    _lib()
+    seen, real = [], native.tanh
+    monkeypatch.setattr(native, "tanh", lambda x, out: seen.append(x is out) or real(x, out))
+    net = mlp([12, 9, 7, 5], "tanh")
+    x = torch.randn(6, 12, requires_grad=True)
+    out = net(x)
+    assert seen == [True, True]  # both layers, in place on F.linear's output
+    out.square().sum().backward()  # nothing the backward needs was overwritten
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert torch.allclose(net(x), out, atol=3e-7)
+
+
+def test_a_tanh_that_does_not_follow_a_matmul_leaves_its_input_alone():
+    """A tanh layer first (a user's MLP): its input is the caller's, computed out of place."""
+    from aevb.models.networks import MLP, Linear, Tanh
+
+    _lib()
+    net = MLP(Tanh(), Linear(4, 3))
+    x = torch.randn(5, 4, requires_grad=True)
+    kept = x.detach().clone()
+    net(x).sum().backward()
+    assert torch.equal(x.detach(), kept)
+    assert torch.allclose(x.grad, (1 - kept.tanh().square()) * net[1].weight.sum(0), atol=1e-6)
+
+
+def test_tanh_under_autograd_without_the_kernels_is_torch_tanh(monkeypatch):
+    from aevb.models.networks import tanh_autograd
+
+    monkeypatch.setattr(native, "ENABLED", False)
+    x = torch.randn(8, 8, requires_grad=True)
+    assert torch.equal(tanh_autograd(x * 1.0, in_place=True), torch.tanh(x))
+    x64 = x.detach().double().requires_grad_()  # float64 is PyTorch's too
+    monkeypatch.setattr(native, "ENABLED", True)
+    assert torch.equal(tanh_autograd(x64), torch.tanh(x64))

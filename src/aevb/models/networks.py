@@ -74,20 +74,53 @@ def _half_tanh_of_half_(x: Tensor) -> Tensor:
 
 
 class Tanh(nn.Tanh):
-    """``nn.Tanh``; without autograd on a CPU computed through the sigmoid (:func:`tanh_`),
-    as the evaluator computes it.
-
-    Under autograd it is ``torch.tanh``: in a training step the sigmoid form's extra
-    operations (a copy, two scalings, its own backward node) cost more than the slower
-    transcendental saves at these sizes (measured: the tanh model's step ran at 0.88-0.89x
-    a plain PyTorch loop of the same math through the sigmoid, 0.92x with ``torch.tanh``;
-    ``benchmarks/train_speed.py --arch burda``, docs/benchmarks.md "Training step").
-    """
+    """``nn.Tanh``; on a CPU computed through one exponential: without autograd through the
+    sigmoid (:func:`tanh_`), as the evaluator computes it; under autograd by
+    :func:`tanh_autograd` (aevb's native kernel where it takes x, else ``torch.tanh``)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type != "cpu":
             return torch.tanh(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return tanh_autograd(x)
         return tanh_(x.clone())
+
+
+class _NativeTanh(torch.autograd.Function):
+    """tanh on aevb's native kernel (``2 / (1 + e^(-2x)) - 1`` in one pass,
+    :func:`aevb.native.tanh`), in place when the caller owns x; the backward is PyTorch's
+    ``tanh_backward`` of the output (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, in_place: bool) -> Tensor:  # type: ignore[override]
+        y = x if in_place else torch.empty_like(x)
+        native.tanh(x, y)
+        if in_place:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y), None
+
+
+def tanh_autograd(x: Tensor, in_place: bool = False) -> Tensor:
+    """``tanh(x)`` under autograd: ``[...]`` -> ``[...]``. On a float32 CPU tensor that aevb's
+    native kernels take, one pass of C (within 2e-7 of tanh) and PyTorch's backward of
+    tanh; ``in_place`` when x is the caller's own intermediate (a matmul's fresh output
+    that no backward needs). Elsewhere ``torch.tanh``.
+
+    PyTorch's CPU tanh is a 1-ulp transcendental ~6x slower than one exponential: 66 us on
+    a ``[128, 200]`` layer on this project's CPU, 4.5% of the tanh model's training step
+    for its four layers. In place after the matmul the kernel took the step 1.01-1.03x
+    faster (paired, docs/benchmarks.md "Training step"); through PyTorch's operators
+    (``2 sigmoid(2x) - 1``: a copy, two scalings, their backward nodes) it was slower.
+    """
+    if native.takes(x, autograd=True):
+        return _NativeTanh.apply(x, in_place)
+    return torch.tanh(x)
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -127,10 +160,11 @@ class MLP(nn.Sequential):
     """``nn.Sequential`` of :class:`Linear` and activation layers (what :func:`mlp` builds).
 
     Under autograd, a layer whose input requires gradients and that has no hooks runs as
-    its function (``F.linear``, ``torch.tanh``, ``torch.relu``: what its ``forward`` does
-    then) rather than through ``nn.Module.__call__`` and its ``forward``: four Python
+    its function (``F.linear``, :func:`tanh_autograd`, ``torch.relu``: what its ``forward``
+    does then) rather than through ``nn.Module.__call__`` and its ``forward``: four Python
     frames fewer a layer, which on this project's CPU is ~1% of a small model's training
-    step (docs/benchmarks.md, "Training step"). Otherwise (an in-place ReLU, a subclass,
+    step (docs/benchmarks.md, "Training step"); a tanh right after a linear layer is
+    computed in place on the linear's output, the same numbers. Otherwise (an in-place ReLU, a subclass,
     a layer compiled on its own with ``layer.compile()``, hooks registered globally, under
     ``torch.jit.trace``) each layer is called as a module. Modules, parameters and state
     dict are the ``nn.Sequential``'s. (A profiler's module labels then show the MLP, not
@@ -141,6 +175,7 @@ class MLP(nn.Sequential):
         if _global_hooks() or torch.jit.is_tracing():
             return super().forward(x)
         grad = torch.is_grad_enabled()
+        fresh = False  # x is the output of F.linear just above: this loop's own tensor
         for layer in self._modules.values():
             kind = type(layer)
             if (
@@ -148,18 +183,20 @@ class MLP(nn.Sequential):
                 or _hooked(layer)
                 or getattr(layer, "inplace", False)
             ):
-                x = layer(x)
+                x, fresh = layer(x), False
             elif kind is Linear:
-                x = F.linear(x, layer.weight, layer.bias)
+                x, fresh = F.linear(x, layer.weight, layer.bias), True
+            elif kind is Tanh:  # in place on a matmul's output (its backward does not need it)
+                x, fresh = tanh_autograd(x, in_place=fresh and x._base is None), False
             else:
-                x = _AS_FUNCTION[kind](x)
+                x, fresh = _AS_FUNCTION[kind](x), False
         return x
 
 
 # What a layer's forward computes on an input that requires gradients (on any device).
 _AS_FUNCTION: dict[type[nn.Module], Callable[[Tensor], Tensor] | None] = {
     Linear: None,  # F.linear with the layer's parameters
-    Tanh: torch.tanh,
+    Tanh: tanh_autograd,
     nn.Tanh: torch.tanh,
     nn.ReLU: torch.relu,
 }
