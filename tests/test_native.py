@@ -688,13 +688,20 @@ def test_an_mlp_runs_its_tanh_layers_on_the_kernel_in_place_after_the_matmul(mon
     seen, real = [], native.tanh
     monkeypatch.setattr(native, "tanh", lambda x, out: seen.append(x is out) or real(x, out))
     net = mlp([12, 9, 7, 5], "tanh")
-    x = torch.randn(6, 12, requires_grad=True)
-    out = net(x)
-    assert seen == [True, True]  # both layers, in place on F.linear's output
-    out.square().sum().backward()  # nothing the backward needs was overwritten
-    assert x.grad is not None and torch.isfinite(x.grad).all()
-    monkeypatch.setattr(native, "ENABLED", False)
-    assert torch.allclose(net(x), out, atol=3e-7)
+    for leaf in (True, False):  # a reparameterised sample, or the data (no gradient)
+        x = torch.randn(6, 12, requires_grad=leaf)
+        seen.clear()
+        out = net(x)
+        assert seen == [True, True]  # both layers, in place on F.linear's output
+        params = [*net.parameters()] + ([x] if leaf else [])
+        grads = torch.autograd.grad(out.square().sum(), params)
+        monkeypatch.setattr(native, "ENABLED", False)  # torch.tanh, nothing in place
+        out_ref = net(x)
+        grads_ref = torch.autograd.grad(out_ref.square().sum(), params)
+        monkeypatch.setattr(native, "ENABLED", True)
+        assert torch.allclose(out, out_ref, atol=3e-7)
+        for a, b in zip(grads, grads_ref, strict=True):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_a_tanh_that_does_not_follow_a_matmul_leaves_its_input_alone():
@@ -703,11 +710,15 @@ def test_a_tanh_that_does_not_follow_a_matmul_leaves_its_input_alone():
 
     _lib()
     net = MLP(Tanh(), Linear(4, 3))
-    x = torch.randn(5, 4, requires_grad=True)
+    leaf = torch.randn(5, 4, requires_grad=True)
+    x = leaf * 2.0  # the caller's intermediate: a wrong write would corrupt it silently
     kept = x.detach().clone()
+    before = native.calls()
     net(x).sum().backward()
+    assert native.calls() == before + 1  # on the kernel, out of place
     assert torch.equal(x.detach(), kept)
-    assert torch.allclose(x.grad, (1 - kept.tanh().square()) * net[1].weight.sum(0), atol=1e-6)
+    want = 2 * (1 - kept.tanh().square()) * net[1].weight.sum(0)
+    assert torch.allclose(leaf.grad, want, atol=2e-6)
 
 
 def test_tanh_under_autograd_without_the_kernels_is_torch_tanh(monkeypatch):
@@ -719,3 +730,22 @@ def test_tanh_under_autograd_without_the_kernels_is_torch_tanh(monkeypatch):
     x64 = x.detach().double().requires_grad_()  # float64 is PyTorch's too
     monkeypatch.setattr(native, "ENABLED", True)
     assert torch.equal(tanh_autograd(x64), torch.tanh(x64))
+
+
+def test_a_dispatch_mode_trace_records_pytorchs_tanh():
+    """``make_fx`` (a dispatch-mode tracer) would not see the C: the traced graph must hold
+    ``aten.tanh`` and replay the eager numbers."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from aevb.models.networks import mlp
+
+    _lib()
+    net = mlp([12, 9, 5], "tanh")
+
+    def grad_of(v):
+        return torch.autograd.grad(net(v).sum(), v)[0]
+
+    x = torch.randn(6, 12, requires_grad=True)
+    graph = make_fx(grad_of, tracing_mode="real")(x)
+    assert "aten.tanh" in str(graph.code)
+    assert torch.allclose(graph(x), grad_of(x), atol=1e-6)

@@ -178,14 +178,17 @@ class MLP(nn.Sequential):
         fresh = False  # x is the output of F.linear just above: this loop's own tensor
         for layer in self._modules.values():
             kind = type(layer)
-            if (
-                not (grad and x.requires_grad and kind in _AS_FUNCTION)
-                or _hooked(layer)
-                or getattr(layer, "inplace", False)
-            ):
-                x, fresh = layer(x), False
-            elif kind is Linear:
+            direct = (
+                grad
+                and kind in _AS_FUNCTION
+                and not _hooked(layer)
+                and not getattr(layer, "inplace", False)
+            )
+            if direct and kind is Linear and (x.requires_grad or layer.weight.requires_grad):
+                # (the data into the first layer: its output requires gradients all the same)
                 x, fresh = F.linear(x, layer.weight, layer.bias), True
+            elif not (direct and x.requires_grad):
+                x, fresh = layer(x), False
             elif kind is Tanh:  # in place on a matmul's output (its backward does not need it)
                 x, fresh = tanh_autograd(x, in_place=fresh and x._base is None), False
             else:

@@ -352,9 +352,9 @@ def takes(t: Tensor, autograd: bool = False) -> bool:
     """Whether the kernels may compute on ``t`` in place of PyTorch's operators: a plain,
     non-empty, contiguous, strided float32 CPU tensor (no negative or conjugate view);
     without autograd unless ``autograd`` (the caller records the operation itself); with
-    no forward-mode tangent, outside functorch's transforms (vmap, grad, jvp), a JIT trace
-    and ``torch.compile``'s tracing, which would not see the C; where the kernels loaded
-    (the first call in a process may compile them)."""
+    no forward-mode tangent, outside functorch's transforms (vmap, grad, jvp), a JIT trace,
+    ``torch.compile``'s tracing and a dispatch mode (``make_fx``), which would not see the
+    C; where the kernels loaded (the first call in a process may compile them)."""
     return (
         not torch.compiler.is_compiling()  # first: torch.compile would trace what follows
         and type(t) is Tensor
@@ -375,6 +375,8 @@ def takes(t: Tensor, autograd: bool = False) -> bool:
 def _outside_transforms(t: Tensor) -> bool:
     try:
         if torch._C._functorch.maybe_current_level() is not None:
+            return False
+        if torch._C._len_torch_dispatch_stack():  # make_fx and other dispatch-mode tracers
             return False
         forward_ad = torch.autograd.forward_ad
         if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
