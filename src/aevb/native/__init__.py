@@ -161,14 +161,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     fn.argtypes += [ctypes.c_int64, ctypes.c_void_p]
     fn = lib.aevb_sigmoid_affine
     fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.argtypes += [ctypes.c_float, ctypes.c_float, ctypes.c_float]
     fn = lib.aevb_bernoulli_grad
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     fn.argtypes += [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-    fn = lib.aevb_tanh
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     fn = lib.aevb_normal_rows
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32]
@@ -415,18 +413,18 @@ def normal_rows(out: Tensor, seed: int, lib: ctypes.CDLL | None = None) -> Tenso
     place of ``normal_``'s. PyTorch seeds its Mersenne Twister with a seed's low 32 bits,
     so ``seed`` counts modulo 2^32. Returns ``out``."""
     lib = _for_call(lib)
-    ok = (
-        out.dtype == torch.float32
-        and out.device.type == "cpu"
-        and out.dim() == 2
-        and out.shape[1] >= 16
-        and out.is_contiguous()
-    )
-    if not ok:
+    if not (_plain_f32(out) and out.dim() == 2 and out.shape[1] >= 16):
         raise ValueError(f"normal_rows: out {tuple(out.shape)} {out.dtype} on {out.device}")
     rows, n = out.shape
     lib.aevb_normal_rows(out.data_ptr(), rows, n, seed % 2**32)
     return out
+
+
+def _plain_f32(*tensors: Tensor) -> bool:
+    """Every tensor float32, contiguous, on the CPU: what the C may read as a flat array."""
+    return all(
+        t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors
+    )
 
 
 def sign_bits(x: Tensor) -> Tensor:
@@ -456,12 +454,10 @@ def bernoulli_rows(
     n, d = logits.shape
     b = flip.shape[0]
     ok = (
-        logits.dtype == out.dtype == torch.float32
+        _plain_f32(logits, out)
         and flip.dtype == torch.int32
-        and logits.device.type == flip.device.type == out.device.type == "cpu"
-        and logits.is_contiguous()
+        and flip.device.type == "cpu"
         and flip.is_contiguous()
-        and out.is_contiguous()
         and flip.shape == (b, d)
         and out.shape == (n,)
         and b > 0
@@ -482,9 +478,9 @@ def sigmoid_affine_(
     ``2 sigmoid(x) - 1 = tanh(x / 2)`` and its half, the evaluator's tanh layers. ``x``: any
     shape, float32, contiguous, on the CPU (see :func:`takes`). Returns ``x``."""
     lib = _for_call(lib)
-    if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()):
+    if not _plain_f32(x):
         raise ValueError(f"sigmoid_affine_: x {tuple(x.shape)} {x.dtype} on {x.device}")
-    lib.aevb_sigmoid_affine(x.data_ptr(), x.numel(), scale, shift)
+    lib.aevb_sigmoid_affine(x.data_ptr(), x.data_ptr(), x.numel(), 1.0, scale, shift)
     increment_version = getattr(torch.autograd.graph, "increment_version", None)
     if increment_version is not None:  # written behind autograd's back: say so
         increment_version(x)
@@ -492,20 +488,13 @@ def sigmoid_affine_(
 
 
 def tanh(x: Tensor, out: Tensor, lib: ctypes.CDLL | None = None) -> Tensor:
-    """``out = tanh(x)`` as ``2 / (1 + e^(-2x)) - 1``, one pass (``aevb_tanh``; within 2e-7
+    """``out = tanh(x)`` as ``2 / (1 + e^(-2x)) - 1``, one pass (``aevb_sigmoid_affine``; within 2e-7
     of tanh): ``x`` and ``out`` of one shape, float32, contiguous, on the CPU; ``out`` may
     be ``x``. Returns ``out``."""
     lib = _for_call(lib)
-    ok = (
-        x.dtype == out.dtype == torch.float32
-        and x.device.type == out.device.type == "cpu"
-        and x.shape == out.shape
-        and x.is_contiguous()
-        and out.is_contiguous()
-    )
-    if not ok:
+    if not (_plain_f32(x, out) and x.shape == out.shape):
         raise ValueError(f"tanh: x {tuple(x.shape)} {x.dtype}, out {tuple(out.shape)} {out.dtype}")
-    lib.aevb_tanh(x.data_ptr(), out.data_ptr(), x.numel())
+    lib.aevb_sigmoid_affine(x.data_ptr(), out.data_ptr(), x.numel(), 2.0, 2.0, -1.0)
     return out
 
 
@@ -532,8 +521,7 @@ def bernoulli_grad(
     b = x.shape[0]
     tensors = [logits, x, out] + ([grad] if grad is not None else [])
     ok = (
-        all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-        and all(t.is_contiguous() for t in tensors)
+        _plain_f32(*tensors)
         and x.shape == (b, d)
         and out.shape == (n,)
         and (grad is None or grad.shape == (n, d))

@@ -130,33 +130,22 @@ CLONES int64_t aevb_bernoulli_rows(const float *logits, const int32_t *flip, int
     return skipped;
 }
 
-/* x = scale * sigmoid(x) + shift, in place, for n floats (the evaluator's tanh layers:
- * tanh(x / 2) = 2 sigmoid(x) - 1, and half of it, sigmoid(x) - 1/2, when its scalings are
- * folded into the weights). One pass where PyTorch makes two or three; each element is
- * computed alike wherever it sits (the last n % 16 in a vector padded with zeros).
- * sigmoid(x) = 1 / (1 + e^-x); where -x > 88 it is 0 (PyTorch's float32 sigmoid: 0 from
- * -x > 104, below 1e-38 in between).
+/* y = scale * sigmoid(a x) + shift for n floats, y may be x. With a = 1, in place: the
+ * evaluator's tanh layers (tanh(x / 2) = 2 sigmoid(x) - 1, and half of it, sigmoid(x) -
+ * 1/2, when their scalings are folded into the weights); with a = 2, scale 2, shift -1:
+ * tanh(x) itself, training's tanh layers under autograd (PyTorch's tanh is a 1-ulp
+ * transcendental several times slower than one exp; this form is within 2e-7 of tanh).
+ * One pass where PyTorch makes two or three; each element is computed alike wherever it
+ * sits (the last n % 16 in a vector padded with zeros). sigmoid(u) = 1 / (1 + e^-u); where
+ * -u > 88 it is 0 (PyTorch's float32 sigmoid: 0 from -u > 104, below 1e-38 in between).
  */
-CLONES void aevb_sigmoid_affine(float *x, int64_t n, float scale, float shift) {
+CLONES void aevb_sigmoid_affine(const float *x, float *y, int64_t n, float a, float scale,
+                                float shift) {
     const vf big = splat(88.0f);
     for (int64_t i = 0; i < n; i += LANES) {
-        vf v = load(x + i, n - i, 0.0f);
-        vf e = exp_(pick(-v > big, big, -v));
-        store(x + i, scale / (1.0f + e) + shift, n - i);
-    }
-}
-
-/* y = tanh(x) = 2 / (1 + e^(-2x)) - 1 for n floats, y may be x (training's tanh layers,
- * under autograd: PyTorch's tanh is a 1-ulp transcendental several times slower than one
- * exp; this form is within 2e-7 of tanh). Where -2x > 88 the exponential is held at e^88
- * (y = -1 to float32 rounding).
- */
-CLONES void aevb_tanh(const float *x, float *y, int64_t n) {
-    const vf big = splat(88.0f);
-    for (int64_t i = 0; i < n; i += LANES) {
-        vf v = -2.0f * load(x + i, n - i, 0.0f);
+        vf v = -a * load(x + i, n - i, 0.0f);
         vf e = exp_(pick(v > big, big, v));
-        store(y + i, 2.0f / (1.0f + e) - 1.0f, n - i);
+        store(y + i, scale / (1.0f + e) + shift, n - i);
     }
 }
 
